@@ -1,0 +1,191 @@
+"""Serving-time adaptation of one task: inner loop, derivation, fine-tuning, evaluation, export."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from archadapt.checkpoint import Checkpoint
+from archadapt.config import FinetuneConfig, InnerLoopConfig, check_range
+from archadapt.derivation import derive_genotype
+from archadapt.export import export_onnx
+from archadapt.finetune import finetune
+from archadapt.genotype import Genotype
+from archadapt.inner_loop import Prior, StepReport, run_inner_loop
+from archadapt.network import DerivedNetwork, count_multiply_accumulates, count_parameters, inherit_weights
+from archadapt.posterior import op_probs
+from archadapt.supernet import ALPHA_NAMES
+
+logger = logging.getLogger(__name__)
+
+PHASES: tuple[str, ...] = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
+
+# Called as on_progress(phase, step, total_steps, loss).
+ProgressCallback = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Serving-time adaptation: a longer inner loop with an annealed temperature, then fine-tuning."""
+
+    inner: InnerLoopConfig = InnerLoopConfig(
+        inner_steps=40, inner_lr=0.05, inner_lr_alpha=1.0, batch_size=64, temperature=1.0, temperature_end=0.2
+    )
+    finetune: FinetuneConfig = FinetuneConfig()
+    validation_fraction: float = 0.15  # part of each class held out for validation
+    min_examples_for_validation: int = 5  # every class needs this many images to split
+
+    def __post_init__(self) -> None:
+        check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
+        check_range("min_examples_for_validation", self.min_examples_for_validation, 2, 1000)
+
+
+@dataclass
+class TaskData:
+    """A preprocessed dataset: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class AdaptationResult:
+    onnx_bytes: bytes
+    genotype: Genotype
+    op_probs: dict[str, torch.Tensor]  # cell type -> (edges, primitives)
+    class_names: list[str]
+    support_examples: int
+    validation_examples: int
+    validation_accuracy: float
+    validation_loss: float
+    onnx_max_abs_diff: float
+    parameter_count: int
+    multiply_accumulates: int
+    timings: dict[str, float] = field(default_factory=dict)
+    network: DerivedNetwork | None = None
+
+
+def split_validation(data: TaskData, config: ServingConfig, generator: torch.Generator) -> tuple[TaskData, TaskData | None]:
+    """Hold out `validation_fraction` of each class (at least one image) when every class is large enough."""
+    counts = torch.bincount(data.labels, minlength=data.num_classes)
+    if config.validation_fraction == 0 or int(counts.min()) < config.min_examples_for_validation:
+        return data, None
+    support, validation = [], []
+    for c in range(data.num_classes):
+        members = torch.nonzero(data.labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held_out = max(1, int(round(config.validation_fraction * len(members))))
+        validation.append(members[:held_out])
+        support.append(members[held_out:])
+    support_index, validation_index = torch.cat(support), torch.cat(validation)
+    return (
+        TaskData(data.images[support_index], data.labels[support_index], data.class_names),
+        TaskData(data.images[validation_index], data.labels[validation_index], data.class_names),
+    )
+
+
+def evaluate(network: nn.Module, data: TaskData) -> tuple[float, float]:
+    """Return (accuracy, mean cross-entropy) of `network` in eval mode on `data`."""
+    network.eval()
+    with torch.no_grad():
+        logits = network(data.images)
+        loss = float(nn.functional.cross_entropy(logits, data.labels))
+        accuracy = float((logits.argmax(dim=1) == data.labels).float().mean())
+    return accuracy, loss
+
+
+def adapt_task(
+    checkpoint: Checkpoint,
+    data: TaskData,
+    config: ServingConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AdaptationResult:
+    """Adapt the checkpoint's prior to `data` and return the exported, checked ONNX model.
+
+    Raises AdaptationCancelled when `should_stop` returns True between two steps.
+    """
+    progress = on_progress or (lambda phase, step, total, loss: None)
+    timings: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    started = time.perf_counter()
+    supernet = checkpoint.build_supernet(device)
+    support, validation = split_validation(data, config, generator)
+    support_images = support.images.to(device)
+    support_labels = support.labels.to(device)
+    timings["validate"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+
+    def on_inner_step(report: StepReport) -> None:
+        progress("adapt", report.step, report.total_steps, report.loss)
+
+    prior = Prior(
+        parameters={n: t.to(device) for n, t in checkpoint.prior.parameters.items()},
+        log_sigma={n: t.to(device) for n, t in checkpoint.prior.log_sigma.items()},
+    )
+    posterior = run_inner_loop(
+        supernet, prior, support_images, support_labels, data.num_classes, config.inner,
+        generator=generator, on_step=on_inner_step, should_stop=should_stop,
+    )
+    timings["adapt"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
+    genotype = derive_genotype(checkpoint.space, probs)
+    progress("derive", 1, 1, 0.0)
+    logger.info("derived genotype %s", genotype.to_json())
+    timings["derive"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
+    inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
+    finetune(
+        network, support_images, support_labels, config.finetune, generator,
+        on_step=lambda step, total, loss: progress("finetune", step, total, loss),
+        should_stop=should_stop,
+    )
+    timings["finetune"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    network = network.to("cpu")
+    accuracy, loss = (0.0, 0.0) if validation is None else evaluate(network, validation)
+    progress("evaluate", 1, 1, loss)
+    timings["evaluate"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    parity_images = data.images[:8].cpu()
+    exported = export_onnx(network, checkpoint.spec, data.class_names, checkpoint.checkpoint_id, parity_images)
+    progress("export", 1, 1, 0.0)
+    timings["export"] = time.perf_counter() - started
+
+    return AdaptationResult(
+        onnx_bytes=exported.onnx_bytes,
+        genotype=genotype,
+        op_probs=probs,
+        class_names=list(data.class_names),
+        support_examples=int(support.labels.numel()),
+        validation_examples=0 if validation is None else int(validation.labels.numel()),
+        validation_accuracy=accuracy,
+        validation_loss=loss,
+        onnx_max_abs_diff=exported.max_abs_diff,
+        parameter_count=count_parameters(network),
+        multiply_accumulates=count_multiply_accumulates(network, checkpoint.spec),
+        timings=timings,
+        network=network,
+    )

@@ -1,0 +1,39 @@
+"""Derive a discrete genotype from the adapted posterior q(alpha).
+
+The DARTS rule: on every edge take the most probable primitive other than `none`; for each
+intermediate node keep the two incoming edges whose chosen primitive is most probable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from archadapt.genotype import CellGenotype, Genotype
+from archadapt.search_space import SearchSpace
+
+
+def derive_cell(space: SearchSpace, probs: torch.Tensor) -> CellGenotype:
+    """Return the genotype of one cell type from op_probs of shape (edges, primitives)."""
+    none_index = space.primitives.index("none")
+    pairs: list[tuple[str, int]] = []
+    for target in range(2, space.nodes + 2):
+        candidates = []
+        for edge in space.incoming_edges(target):
+            edge_probs = probs[edge.index].clone()
+            edge_probs[none_index] = -1.0
+            best = int(edge_probs.argmax())
+            candidates.append((float(edge_probs[best]), edge.source, space.primitives[best]))
+        candidates.sort(key=lambda c: (-c[0], c[1]))  # ties go to the earlier input
+        for _, source, primitive in sorted(candidates[:2], key=lambda c: c[1]):
+            pairs.append((primitive, source))
+    return tuple(pairs)
+
+
+def derive_genotype(space: SearchSpace, op_probs: dict[str, torch.Tensor]) -> Genotype:
+    """Apply the DARTS rule to both cell types; `op_probs` maps cell type to (E, K) probabilities."""
+    genotype = Genotype(
+        normal=derive_cell(space, op_probs["normal"].detach().cpu()),
+        reduce=derive_cell(space, op_probs["reduce"].detach().cpu()),
+    )
+    genotype.validate(space)
+    return genotype

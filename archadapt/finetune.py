@@ -1,0 +1,82 @@
+"""Fine-tuning of the derived network on the support set, and batch-norm recalibration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+from archadapt.config import FinetuneConfig
+from archadapt.errors import AdaptationCancelled
+from archadapt.network import DerivedNetwork
+
+logger = logging.getLogger(__name__)
+
+
+def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Translate each image by up to max_shift pixels, filling with the image's own edge pixels."""
+    padded = nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    offsets = torch.randint(0, 2 * max_shift + 1, (images.shape[0], 2), generator=generator)
+    shifted = [
+        padded[i, :, int(dy) : int(dy) + height, int(dx) : int(dx) + width]
+        for i, (dy, dx) in enumerate(offsets)
+    ]
+    return torch.stack(shifted)
+
+
+def finetune(
+    network: DerivedNetwork,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: FinetuneConfig,
+    generator: torch.Generator,
+    on_step: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[float]:
+    """Fine-tune every weight with Adam on minibatches of the support set; return the losses."""
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    network.train()
+    losses = []
+    for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            raise AdaptationCancelled(f"fine-tuning cancelled before step {step}")
+        if config.batch_size >= images.shape[0]:
+            batch = torch.arange(images.shape[0])
+        else:
+            batch = torch.randperm(images.shape[0], generator=generator)[: config.batch_size]
+        batch = batch.to(images.device)
+        inputs = images[batch]
+        if config.augment:
+            inputs = random_shift(inputs, generator)
+        loss = nn.functional.cross_entropy(network(inputs), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, config.steps, losses[-1])
+    recalibrate_batch_norm(network, images)
+    network.eval()
+    return losses
+
+
+def recalibrate_batch_norm(network: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """Set every batch norm's running statistics to their exact mean over `images`.
+
+    The exported graph normalizes with running statistics, so they must describe the data the
+    network was adapted to rather than the last minibatch.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches below
+    network.train()
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            network(images[start : start + batch_size])
+    for norm in norms:
+        norm.momentum = 0.1
+    network.eval()

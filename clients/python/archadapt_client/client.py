@@ -1,0 +1,514 @@
+"""Client of the archadapt.v1.Adaptation gRPC service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from archadapt_client.errors import ArchadaptError, translate_rpc_errors
+from archadapt_client.loaders import (
+    DatasetError,
+    check_image_array,
+    check_image_batch,
+    check_labels,
+    read_image_file,
+)
+from archadapt_client.v1 import archadapt_pb2, archadapt_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default maximum size of one gRPC message in either direction, in bytes."""
+
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+ServerInfo = archadapt_pb2.ServerInfo
+
+ImageInput = NDArray[Any] | bytes | bytearray | memoryview | str | os.PathLike[str]
+"""One image: an array, the bytes of a PNG or JPEG file, or the path of an image file."""
+
+ImagesInput = NDArray[Any] | Sequence[ImageInput]
+"""A stacked (N, H, W[, C]) array, or a sequence of ImageInput items."""
+
+
+def phase_name(phase: int) -> str:
+    """Return the lowercase name of a Phase value without its prefix, e.g. ``"adapt"``.
+
+    A value unknown to these stubs (a newer server) becomes ``"phase_<value>"``.
+    """
+    try:
+        return str(archadapt_pb2.Phase.Name(phase)).removeprefix("PHASE_").lower()
+    except ValueError:
+        return f"phase_{phase}"
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """Progress of the running phase, as passed to ``on_progress``.
+
+    Attributes:
+        phase: Lowercase phase name, e.g. "validate", "adapt", "finetune".
+        step: Steps done in this phase.
+        total_steps: Steps of the whole phase, 0 when it has no steps.
+        loss: Training loss of the last step, 0.0 when the phase has no loss.
+        elapsed_seconds: Seconds since the server received the request.
+    """
+
+    phase: str
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_seconds: float
+
+    @classmethod
+    def from_message(cls, message: archadapt_pb2.Progress) -> ProgressUpdate:
+        return cls(
+            phase=phase_name(message.phase),
+            step=message.step,
+            total_steps=message.total_steps,
+            loss=message.loss,
+            elapsed_seconds=message.elapsed_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class EdgeProbabilities:
+    """Primitive probabilities on one edge of the adapted posterior.
+
+    ``probabilities`` follows the order of ``ServerInfo.search_space.primitives``.
+    Nodes 0 and 1 are the cell's inputs, node 2 the first intermediate node.
+    """
+
+    cell_type: str
+    edge: int
+    source: int
+    target: int
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Measurements of the returned network.
+
+    Attributes:
+        support_examples: Images used for adaptation and fine-tuning.
+        validation_examples: Held-out images; 0 when the dataset was too
+            small to split, and then the validation fields are 0.
+        validation_accuracy: Fraction of validation images classified
+            correctly, in [0, 1].
+        validation_loss: Mean cross-entropy on the validation images, in nats.
+        onnx_max_abs_diff: Largest absolute difference between ONNX and
+            PyTorch logits measured by the server.
+    """
+
+    support_examples: int
+    validation_examples: int
+    validation_accuracy: float
+    validation_loss: float
+    onnx_max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """The outcome of one adaptation.
+
+    Attributes:
+        onnx_model: The ONNX model, checked against model_sha256.
+        genotype: The derived genotype, ``{"normal": [[primitive, input],
+            ...], "reduce": [...]}`` with two pairs per intermediate node.
+        edge_probabilities: Primitive probabilities of every edge.
+        metrics: Validation measurements of the returned network.
+        timings: Wall time of each phase in seconds, keyed by lowercase
+            phase name ("validate", "adapt", ...).
+        parameter_count: Trainable parameters of the network.
+        multiply_accumulates: Multiply-accumulates of one forward pass on
+            one image.
+        class_names: Class names in label order, as written into the model's
+            metadata.
+        request_id: Server-assigned id, also found in the server's logs.
+        checkpoint_id: Id of the checkpoint the prior came from.
+        model_sha256: Hex SHA-256 of onnx_model.
+    """
+
+    onnx_model: bytes = field(repr=False)
+    genotype: dict[str, Any]
+    edge_probabilities: list[EdgeProbabilities]
+    metrics: Metrics
+    timings: dict[str, float]
+    parameter_count: int
+    multiply_accumulates: int
+    class_names: list[str]
+    request_id: str
+    checkpoint_id: str
+    model_sha256: str
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the ONNX model to ``path``, replacing an existing file, and return the path."""
+        target = Path(path)
+        target.write_bytes(self.onnx_model)
+        return target
+
+
+class Client:
+    """Connection to one archadapt server.
+
+    Uses an insecure (plaintext) channel. Use it as a context manager or
+    call ``close()``. Every failed call raises ArchadaptError; invalid
+    arguments raise ValueError (DatasetError for images and labels) or
+    TypeError before anything is sent.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = 600.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        """Open a channel to ``address`` ("host:port").
+
+        ``timeout`` is the deadline of each call in seconds, covering the
+        whole adaptation stream; None waits without a deadline.
+        ``max_message_bytes`` caps the size of one message sent or received.
+        The channel connects lazily, so an unreachable server is reported by
+        the first call (code UNAVAILABLE).
+        """
+        if not address or not isinstance(address, str):
+            raise ValueError(f"invalid server address {address!r}; expected 'host:port', e.g. 'localhost:50051'")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"invalid timeout {timeout!r}; expected a positive number of seconds or None")
+        if max_message_bytes <= 0:
+            raise ValueError(f"invalid max_message_bytes {max_message_bytes!r}; expected a positive byte count")
+
+        self.address = address
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = archadapt_pb2_grpc.AdaptationStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calling it again has no effect."""
+        self._channel.close()
+
+    @translate_rpc_errors
+    def info(self) -> archadapt_pb2.ServerInfo:
+        """Return the server's input spec, search space, request limits and versions."""
+        return self._stub.GetServerInfo(archadapt_pb2.GetServerInfoRequest(), timeout=self.timeout)
+
+    @translate_rpc_errors
+    def adapt(
+        self,
+        images: ImagesInput,
+        labels: Sequence[int] | NDArray[Any],
+        class_names: Sequence[str] | None = None,
+        on_progress: Callable[[ProgressUpdate], None] | None = None,
+        *,
+        seed: int = 0,
+        inner_steps: int = 0,
+        finetune_steps: int = 0,
+    ) -> AdaptResult:
+        """Adapt the server's prior to a labeled dataset and return the ONNX classifier.
+
+        ``images`` and ``labels`` are described in build_request. ``on_progress``
+        is called in this thread with every progress event; an exception it
+        raises cancels the call and propagates. ``seed`` (0 to 2**64 - 1)
+        fixes every random choice of the server. ``inner_steps`` and
+        ``finetune_steps`` (0 to 2**32 - 1) set the step counts, and 0 selects
+        the server's default.
+
+        Raises ArchadaptError with the server's status, or with code
+        DATA_LOSS when the model chunks are out of order, the model's size or
+        SHA-256 differs from the result, or the stream ends without a result.
+        """
+        request = build_request(
+            images,
+            labels,
+            class_names,
+            seed=seed,
+            inner_steps=inner_steps,
+            finetune_steps=finetune_steps,
+        )
+        request_bytes = request.ByteSize()
+        if request_bytes > self.max_message_bytes:
+            raise ArchadaptError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request is {request_bytes} bytes, more than max_message_bytes={self.max_message_bytes}; "
+                "send fewer or smaller images, or raise max_message_bytes up to the server's max_request_bytes",
+            )
+        logger.debug("sending Adapt request: %d images, %d bytes", len(request.images), request_bytes)
+
+        stream = self._stub.Adapt(request, timeout=self.timeout)
+        try:
+            return _read_adapt_stream(stream, on_progress)
+        finally:
+            # Cancelling stops the server's work when the loop was left early.
+            # It has no effect once the call has finished.
+            stream.cancel()
+
+
+def _read_adapt_stream(
+    events: Iterator[archadapt_pb2.AdaptEvent],
+    on_progress: Callable[[ProgressUpdate], None] | None,
+) -> AdaptResult:
+    """Consume the Adapt event stream and return the verified result."""
+    model = bytearray()
+    model_total_bytes: int | None = None
+    result: archadapt_pb2.AdaptResult | None = None
+
+    for event in events:
+        kind = event.WhichOneof("event")
+        if result is not None:
+            raise ArchadaptError(
+                grpc.StatusCode.DATA_LOSS,
+                f"received a {kind} event after the AdaptResult; the result must be the last event",
+            )
+        if kind == "progress":
+            if on_progress is not None:
+                on_progress(ProgressUpdate.from_message(event.progress))
+        elif kind == "model_chunk":
+            chunk = event.model_chunk
+            if chunk.offset != len(model):
+                raise ArchadaptError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"model chunk at offset {chunk.offset} arrived after {len(model)} bytes; "
+                    "chunks must arrive in order without gaps",
+                )
+            if model_total_bytes is not None and chunk.total_bytes != model_total_bytes:
+                raise ArchadaptError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"model chunk at offset {chunk.offset} gives total_bytes={chunk.total_bytes}, "
+                    f"but earlier chunks gave {model_total_bytes}",
+                )
+            model_total_bytes = chunk.total_bytes
+            model.extend(chunk.data)
+        elif kind == "result":
+            result = event.result
+        else:
+            logger.warning("ignoring an Adapt event of unknown kind %r; is the client older than the server?", kind)
+
+    if result is None:
+        raise ArchadaptError(
+            grpc.StatusCode.DATA_LOSS,
+            f"the Adapt stream ended without an AdaptResult after {len(model)} model bytes",
+        )
+    _verify_model(bytes(model), result)
+    logger.info("adaptation %s finished: %d model bytes", result.request_id, len(model))
+    return _convert_result(bytes(model), result)
+
+
+def _verify_model(model: bytes, result: archadapt_pb2.AdaptResult) -> None:
+    if len(model) != result.model_bytes:
+        raise ArchadaptError(
+            grpc.StatusCode.DATA_LOSS,
+            f"received {len(model)} model bytes, but the result of request {result.request_id!r} "
+            f"gives model_bytes={result.model_bytes}",
+        )
+    digest = hashlib.sha256(model).hexdigest()
+    if digest != result.model_sha256.lower():
+        raise ArchadaptError(
+            grpc.StatusCode.DATA_LOSS,
+            f"the received model has SHA-256 {digest}, but the result of request {result.request_id!r} "
+            f"gives {result.model_sha256!r}",
+        )
+
+
+def _convert_result(model: bytes, result: archadapt_pb2.AdaptResult) -> AdaptResult:
+    genotype: dict[str, Any] = {}
+    if result.genotype_json:
+        try:
+            genotype = json.loads(result.genotype_json)
+        except json.JSONDecodeError as error:
+            raise ArchadaptError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the genotype_json of request {result.request_id!r} is not valid JSON: {error}",
+            ) from error
+        if not isinstance(genotype, dict):
+            raise ArchadaptError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the genotype_json of request {result.request_id!r} is a {type(genotype).__name__}; "
+                "expected a JSON object",
+            )
+
+    metrics = result.metrics
+    return AdaptResult(
+        onnx_model=model,
+        genotype=genotype,
+        edge_probabilities=[
+            EdgeProbabilities(
+                cell_type=edge.cell_type,
+                edge=edge.edge,
+                source=edge.source,
+                target=edge.target,
+                probabilities=tuple(edge.probabilities),
+            )
+            for edge in result.edge_probabilities
+        ],
+        metrics=Metrics(
+            support_examples=metrics.support_examples,
+            validation_examples=metrics.validation_examples,
+            validation_accuracy=metrics.validation_accuracy,
+            validation_loss=metrics.validation_loss,
+            onnx_max_abs_diff=metrics.onnx_max_abs_diff,
+        ),
+        timings={phase_name(timing.phase): timing.seconds for timing in result.timings},
+        parameter_count=result.parameter_count,
+        multiply_accumulates=result.multiply_accumulates,
+        class_names=list(result.class_names),
+        request_id=result.request_id,
+        checkpoint_id=result.checkpoint_id,
+        model_sha256=result.model_sha256,
+    )
+
+
+def build_request(
+    images: ImagesInput,
+    labels: Sequence[int] | NDArray[Any],
+    class_names: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    inner_steps: int = 0,
+    finetune_steps: int = 0,
+) -> archadapt_pb2.AdaptRequest:
+    """Build the AdaptRequest for a dataset.
+
+    ``images`` is one of:
+
+    - a numpy array (N, H, W) or (N, H, W, C) with C in {1, 3, 4};
+    - a sequence whose items are (H, W) or (H, W, C) arrays (sizes may
+      differ), ``bytes`` of PNG or JPEG files, or paths (``str`` or
+      ``os.PathLike``) of image files.
+
+    uint8 and float32 arrays are sent as RawArray, float16 and float64 arrays
+    are converted to float32 first, and float values must lie in [0, 1].
+    Bytes and PNG or JPEG files are sent encoded. Other image files (BMP,
+    GIF, ...) are decoded with Pillow and sent as uint8 RawArray, because
+    the server accepts only PNG and JPEG encodings.
+
+    ``labels`` contains one class index per image. ``class_names[c]`` names
+    label c; when given it must cover every label.
+
+    Raises DatasetError (a ValueError) for invalid images or labels,
+    ValueError for options out of range and TypeError for items of another
+    type.
+    """
+    image_messages = _image_messages(images)
+    if not image_messages:
+        raise DatasetError("the dataset contains no images")
+    label_array = check_labels(labels, len(image_messages), "the dataset")
+
+    names: list[str] = []
+    if class_names is not None:
+        names = [str(name) for name in class_names]
+        if names and int(label_array.max()) >= len(names):
+            raise DatasetError(
+                f"label {int(label_array.max())} has no class name; "
+                f"{len(names)} class_names cover labels 0 to {len(names) - 1}"
+            )
+
+    _check_range("seed", seed, _UINT64_MAX)
+    _check_range("inner_steps", inner_steps, _UINT32_MAX)
+    _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
+
+    return archadapt_pb2.AdaptRequest(
+        images=image_messages,
+        labels=label_array.tolist(),
+        class_names=names,
+        options=archadapt_pb2.AdaptOptions(seed=seed, inner_steps=inner_steps, finetune_steps=finetune_steps),
+    )
+
+
+def _check_range(name: str, value: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} is a {type(value).__name__}; expected an int")
+    if not 0 <= value <= maximum:
+        raise ValueError(f"invalid {name} {value}; expected an integer from 0 to {maximum}")
+
+
+def _image_messages(images: ImagesInput) -> list[archadapt_pb2.Image]:
+    if isinstance(images, np.ndarray):
+        batch = check_image_batch(images, "images")
+        return [raw_image(image) for image in batch]
+    if isinstance(images, (bytes, bytearray, memoryview, str, os.PathLike)):
+        raise TypeError(
+            f"images is a single {type(images).__name__}; expected an array or a list of images, "
+            "e.g. [path] for one file"
+        )
+    return [image_message(item, index) for index, item in enumerate(images)]
+
+
+def image_message(item: ImageInput, index: int = 0) -> archadapt_pb2.Image:
+    """Convert one image to an Image message; ``index`` names it in error messages."""
+    where = f"image {index}"
+    if isinstance(item, np.ndarray):
+        return raw_image(check_image_array(item, where))
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+        if not _is_png_or_jpeg(data):
+            raise DatasetError(
+                f"{where} is {len(data)} bytes starting with {data[:8].hex() or 'nothing'}, "
+                "not a PNG or JPEG file; pass other formats as a path or a decoded numpy array"
+            )
+        return archadapt_pb2.Image(encoded=data)
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise DatasetError(f"cannot read {where} from {path}: {error}") from error
+        if _is_png_or_jpeg(data):
+            return archadapt_pb2.Image(encoded=data)
+        return raw_image(read_image_file(path))
+    raise TypeError(
+        f"{where} is a {type(item).__name__}; expected a numpy array, PNG or JPEG bytes, or a file path"
+    )
+
+
+def raw_image(image: NDArray[Any]) -> archadapt_pb2.Image:
+    """Wrap a checked uint8 or float32 (H, W[, C]) array as a RawArray Image.
+
+    float32 data is sent little-endian as the protocol requires.
+    """
+    if image.dtype == np.uint8:
+        dtype = archadapt_pb2.UINT8
+        data = np.ascontiguousarray(image).tobytes()
+    elif image.dtype == np.float32:
+        dtype = archadapt_pb2.FLOAT32
+        data = np.ascontiguousarray(image, dtype="<f4").tobytes()
+    else:
+        raise TypeError(f"raw images must be uint8 or float32, got {image.dtype}; check them with check_image_array")
+    return archadapt_pb2.Image(raw=archadapt_pb2.RawArray(dtype=dtype, shape=list(image.shape), data=data))
+
+
+def _is_png_or_jpeg(data: bytes) -> bool:
+    return data.startswith(_PNG_SIGNATURE) or data.startswith(_JPEG_SIGNATURE)

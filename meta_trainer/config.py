@@ -1,0 +1,67 @@
+"""Typed configuration of a meta-training run, read from a JSON file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from archadapt.config import InnerLoopConfig, check_choice, check_range
+from archadapt.search_space import InputSpec, SearchSpace
+
+META_GRADIENTS: tuple[str, ...] = ("first_order", "second_order", "reptile")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The episodes of meta-training: way, shot and query size ranges."""
+
+    min_way: int = 2
+    max_way: int = 20
+    min_shot: int = 1
+    max_shot: int = 10
+    query_per_class: int = 5
+    max_classes_per_script: int = 200  # cap on classes per script in the glyph bank
+
+    def __post_init__(self) -> None:
+        check_range("min_way", self.min_way, 2, 1000)
+        check_range("max_way", self.max_way, self.min_way, 1000)
+        check_range("min_shot", self.min_shot, 1, 1000)
+        check_range("max_shot", self.max_shot, self.min_shot, 1000)
+        check_range("query_per_class", self.query_per_class, 1, 1000)
+        check_range("max_classes_per_script", self.max_classes_per_script, 1, 100_000)
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Everything that determines a meta-training run; written beside every checkpoint."""
+
+    search_space: SearchSpace = SearchSpace(channels=12, cells=3, reduce_cells=(0, 2))
+    input_spec: InputSpec = InputSpec()
+    tasks: TaskConfig = TaskConfig()
+    inner: InnerLoopConfig = InnerLoopConfig()
+    meta_gradient: str = "first_order"  # "first_order", "second_order" or "reptile"
+    meta_lr: float = 1e-3  # Adam step size of the prior weights
+    meta_lr_alpha: float = 3e-3  # Adam step size of the prior alpha logits
+    meta_batch_size: int = 4  # tasks per outer step
+    meta_steps: int = 1000  # outer steps
+    val_interval: int = 50  # outer steps between meta_val evaluations
+    val_tasks: int = 40  # meta_val tasks per evaluation
+    checkpoint_interval: int = 25  # outer steps between checkpoints
+    max_wall_minutes: float = 0.0  # stop and save after this many minutes (0: no limit)
+    seed: int = 0
+    glyph_cache_dir: str = ".cache/glyphs"  # relative to the working directory
+    font_dir: str = "/usr/share/fonts/truetype/noto"
+
+    def __post_init__(self) -> None:
+        check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
+        check_range("meta_lr", self.meta_lr, 0.0, 10.0)
+        check_range("meta_lr_alpha", self.meta_lr_alpha, 0.0, 10.0)
+        check_range("meta_batch_size", self.meta_batch_size, 1, 10_000)
+        check_range("meta_steps", self.meta_steps, 0, 10_000_000)
+        check_range("val_interval", self.val_interval, 1, 10_000_000)
+        check_range("val_tasks", self.val_tasks, 1, 100_000)
+        check_range("checkpoint_interval", self.checkpoint_interval, 1, 10_000_000)
+        check_range("max_wall_minutes", self.max_wall_minutes, 0.0, 1e6)
+        if self.input_spec.height != self.input_spec.width:
+            raise ValueError(
+                f"glyph tasks render square images; input_spec is {self.input_spec.height}x{self.input_spec.width}"
+            )

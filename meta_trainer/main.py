@@ -1,0 +1,86 @@
+"""Command line of the meta-trainer: `archadapt-meta-train` or `python -m meta_trainer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from archadapt.checkpoint import load_checkpoint
+from archadapt.config import load_json, to_dict
+from archadapt.errors import ArchadaptError
+from meta_trainer.config import MetaTrainConfig
+from meta_trainer.evaluation import episode_accuracy
+from meta_trainer.model_card import write_model_card
+from meta_trainer.outer_loop import MetaTrainer
+from meta_trainer.task_distribution import EpisodeSampler
+
+logger = logging.getLogger("meta_trainer")
+
+# (way, shot) settings measured on meta_val and meta_test at the end of a run.
+FINAL_SETTINGS: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 5))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="archadapt-meta-train",
+        description="Meta-train the architecture and weight prior on glyph tasks and write a checkpoint.",
+    )
+    parser.add_argument("--config", type=Path, help="JSON config file (MetaTrainConfig fields); defaults apply to absent keys")
+    parser.add_argument("--output", type=Path, required=True, help="checkpoint directory; an existing one is resumed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming when --output holds a checkpoint")
+    parser.add_argument("--final-tasks", type=int, default=100, help="meta_val and meta_test tasks per setting in the final evaluation")
+    parser.add_argument("--evaluate-only", action="store_true", help="skip training and only run the final evaluation on --output")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return parser.parse_args(argv)
+
+
+def final_evaluation(trainer: MetaTrainer, tasks: int) -> dict:
+    """Measure few-shot accuracy on meta_val and meta_test at fixed way and shot."""
+    results = {}
+    for split in ("meta_val", "meta_test"):
+        bank = trainer.bank.split(split)
+        sampler = EpisodeSampler(bank, 2, min(20, bank.num_classes), 1, 10, trainer.config.tasks.query_per_class, augment=False)
+        for way, shot in FINAL_SETTINGS:
+            if way > bank.num_classes:
+                continue
+            estimate = episode_accuracy(
+                trainer.supernet, trainer.prior, sampler, trainer.config.inner, tasks,
+                seed=20_000, way=way, shot=shot, device=trainer.device,
+            )
+            results[f"{split}/{way}-way-{shot}-shot"] = estimate.to_dict()
+            logger.info("%s %d-way %d-shot accuracy %.3f +- %.3f", split, way, shot, estimate.mean, estimate.ci95)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = load_json(MetaTrainConfig, args.config) if args.config else MetaTrainConfig()
+        trainer = MetaTrainer(config, args.output, device=args.device)
+        resumed = trainer.resume()
+        if resumed and args.no_resume:
+            logger.error("%s already holds a checkpoint and --no-resume is set", args.output)
+            return 2
+        if not args.evaluate_only:
+            logger.info("meta-training with config %s", json.dumps(to_dict(config)))
+            trainer.train()
+        trainer.metrics["final"] = final_evaluation(trainer, args.final_tasks)
+        trainer.save()
+        write_model_card(load_checkpoint(args.output), args.output, " ".join(sys.argv))
+    except (ArchadaptError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Command line of the server: `archadapt-server --port P [--checkpoint DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from archadapt.checkpoint import load_checkpoint
+from archadapt.errors import CheckpointError
+from server.app import create_server
+from server.request_decoding import RequestLimits
+
+logger = logging.getLogger("server")
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="archadapt-server", description="Serve the archadapt gRPC Adaptation service.")
+    parser.add_argument("--port", type=int, default=50051, help="TCP port to listen on; 0 picks a free port (default: 50051)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; use 0.0.0.0 to accept remote clients)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help=f"checkpoint directory (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--device", default="auto", help="torch device for adaptation: auto (cuda when available, else cpu), cpu or cuda[:N]")
+    parser.add_argument("--port-file", type=Path, help="write the bound port to this file once the server is ready")
+    parser.add_argument("--max-images", type=int, default=RequestLimits.max_images, help="most images accepted in one request")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint, device="cpu")
+    except CheckpointError as error:
+        logger.error("cannot load checkpoint: %s", error)
+        return 2
+
+    limits = RequestLimits(max_images=args.max_images)
+    running = create_server(f"{args.host}:{args.port}", checkpoint, device, limits)
+    logger.info(
+        "serving checkpoint %s from %s on %s:%d; device %s; onnxruntime %s providers %s",
+        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device,
+        onnxruntime.__version__, onnxruntime.get_available_providers(),
+    )
+    if args.port_file:
+        args.port_file.write_text(f"{running.port}\n")
+
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stopped.set())
+    stopped.wait()
+    logger.info("shutting down")
+    running.stop(grace=5.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
