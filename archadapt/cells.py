@@ -71,3 +71,4 @@ def scale_embeddings(features: torch.Tensor) -> torch.Tensor:
     """Project pooled features (B, D) onto the sphere of radius EMBEDDING_RADIUS."""
     norm = torch.sqrt((features * features).sum(dim=1, keepdim=True) + 1e-12)
     return EMBEDDING_RADIUS * features / norm
+

@@ -40,13 +40,22 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Genotype":
+        if not isinstance(data, dict):
+            raise ConfigError(f"genotype is a {type(data).__name__}; expected a mapping with keys {list(CELL_TYPES)}")
         if set(data) != set(CELL_TYPES):
             raise ConfigError(f"genotype keys {sorted(data)}; expected exactly {list(CELL_TYPES)}")
         cells = {}
         for cell_type in CELL_TYPES:
+            if not isinstance(data[cell_type], (list, tuple)):
+                raise ConfigError(f"genotype {cell_type} cell is {data[cell_type]!r}; expected a list of [primitive, input]")
             pairs = []
             for pair in data[cell_type]:
-                if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], int):
+                if (
+                    not isinstance(pair, (list, tuple))
+                    or len(pair) != 2
+                    or not isinstance(pair[0], str)
+                    or not isinstance(pair[1], int)
+                ):
                     raise ConfigError(f"genotype pair {pair!r} in {cell_type}; expected [primitive, input]")
                 pairs.append((pair[0], pair[1]))
             cells[cell_type] = tuple(pairs)
@@ -54,7 +63,12 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str) -> "Genotype":
-        return cls.from_dict(json.loads(text))
+        """Parse the JSON form; raise ConfigError for text that is not a genotype."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"genotype is not valid JSON: {error}") from error
+        return cls.from_dict(data)
 
     def validate(self, space: SearchSpace) -> None:
         """Raise ConfigError unless every node has two distinct earlier inputs and no `none`."""

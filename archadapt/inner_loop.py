@@ -151,7 +151,10 @@ def run_inner_loop(
         supernet, prior, support_images, support_labels, num_classes, config, generator, create_graph
     )
     if create_graph:
-        phi = dict(prior.parameters)
+        # Clones, so that the gradient with respect to phi^0 leaves out the head's dependence on
+        # theta (the head is an input of the step, not a function of phi); the step then matches
+        # the one without create_graph, and d phi^0 / d theta is still the identity.
+        phi = {n: t.clone() for n, t in prior.parameters.items()}
         head_weight, head_bias = head.weight, head.bias
     else:
         phi = {n: t.detach().clone().requires_grad_(True) for n, t in prior.parameters.items()}

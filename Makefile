@@ -1,0 +1,37 @@
+# Both targets create or reuse .venv in the repository root and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# onnxruntime-gpu where an NVIDIA driver is present, the CPU onnxruntime elsewhere.
+ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: demo test install system-packages protos benchmark clean
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch 2.13.0 is installed first, so the range in pyproject.toml is met
+	# without pulling a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e clients/python -e ".[$(ORT_EXTRA),test,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+system-packages:
+	sh scripts/install_system_packages.sh
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install system-packages
+	$(PY) -m pytest -q
+
+protos: install
+	$(PY) scripts/generate_protos.py
+
+benchmark: install system-packages
+	$(PY) benchmarks/demo_task.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

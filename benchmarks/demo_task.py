@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Benchmark the demo task: Fashion-MNIST, 10-way, 20 shots, through the real server and client.
+
+For each seed, draw 20 support images per class from the Fashion-MNIST training file and 100
+held-out images per class from the t10k file, send the support set to a server on loopback,
+score the returned ONNX model in onnxruntime on the held-out images, and fit a logistic
+regression on the raw pixels of the same support images as a floor. Appends a table with the
+command, commit and machine to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from archadapt.checkpoint import load_checkpoint
+from archadapt_client import Client
+from server.app import create_server
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator):
+    chosen = np.concatenate([rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in range(10)])
+    return images[chosen], labels[chosen].astype(np.int64)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else float("nan")
+    return float(array.mean()), float(half)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default", help="checkpoint directory to serve")
+    parser.add_argument("--seeds", type=int, default=5, help="number of tasks (seeds 0 .. N-1)")
+    parser.add_argument("--shots", type=int, default=20, help="support images per class")
+    parser.add_argument("--heldout", type=int, default=100, help="held-out images per class")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file to append to")
+    args = parser.parse_args()
+
+    train_images, train_labels = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    test_images, test_labels = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    checkpoint = load_checkpoint(args.checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    running = create_server("127.0.0.1:0", checkpoint, device)
+    rows = []
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=1800) as client:
+            for seed in range(args.seeds):
+                rng = np.random.default_rng(1000 + seed)
+                support_x, support_y = draw(train_images, train_labels, args.shots, rng)
+                heldout_x, heldout_y = draw(test_images, test_labels, args.heldout, rng)
+
+                started = time.perf_counter()
+                result = client.adapt(support_x, support_y.tolist(), seed=seed)
+                request_seconds = time.perf_counter() - started
+
+                session = onnxruntime.InferenceSession(result.onnx_model, providers=["CPUExecutionProvider"])
+                logits = session.run(["logits"], {"images": heldout_x.astype(np.float32)[:, None] / 255.0})[0]
+                accuracy = float((logits.argmax(axis=1) == heldout_y).mean())
+
+                floor = LogisticRegression(max_iter=2000).fit(support_x.reshape(len(support_x), -1) / 255.0, support_y)
+                floor_accuracy = float(floor.score(heldout_x.reshape(len(heldout_x), -1) / 255.0, heldout_y))
+                rows.append({
+                    "seed": seed, "accuracy": accuracy, "logreg": floor_accuracy, "seconds": request_seconds,
+                    "timings": result.timings, "params": result.parameter_count, "macs": result.multiply_accumulates,
+                    "genotype": result.genotype,
+                })
+                print(
+                    f"seed {seed}: ONNX {100 * accuracy:.1f}%, logistic regression {100 * floor_accuracy:.1f}%, "
+                    f"{request_seconds:.1f} s, {result.parameter_count} parameters",
+                    flush=True,
+                )
+    finally:
+        running.stop()
+
+    accuracy, accuracy_ci = mean_ci([r["accuracy"] for r in rows])
+    floor, floor_ci = mean_ci([r["logreg"] for r in rows])
+    seconds, seconds_ci = mean_ci([r["seconds"] for r in rows])
+    lines = [
+        "",
+        f"## Demo task: Fashion-MNIST 10-way {args.shots}-shot ({datetime.date.today().isoformat()})",
+        "",
+        f"- Command: `python benchmarks/demo_task.py --seeds {args.seeds} --shots {args.shots} --heldout {args.heldout}`",
+        f"- Commit: {commit()}; checkpoint `{checkpoint.checkpoint_id}`; device {device}",
+        f"- Machine: {machine()}",
+        f"- {args.seeds} tasks, {args.heldout} held-out images per class each; mean with a 95% confidence interval.",
+        "",
+        "| model | held-out accuracy | parameters | multiply-accumulates | request to ONNX model |",
+        "|---|---|---|---|---|",
+        f"| archadapt (ONNX, onnxruntime) | {100 * accuracy:.1f}% ± {100 * accuracy_ci:.1f} | "
+        f"{int(np.mean([r['params'] for r in rows]))} | {int(np.mean([r['macs'] for r in rows]))} | {seconds:.1f} s ± {seconds_ci:.1f} |",
+        f"| logistic regression on raw pixels | {100 * floor:.1f}% ± {100 * floor_ci:.1f} | 7850 | 7840 | - |",
+        "",
+        "Mean time of each phase, in seconds:",
+        "",
+        "| " + " | ".join(PHASES) + " |",
+        "|" + "---|" * len(PHASES),
+        "| " + " | ".join(f"{np.mean([r['timings'].get(p, 0.0) for r in rows]):.2f}" for p in PHASES) + " |",
+        "",
+        "Per task:",
+        "",
+        "| seed | archadapt | logistic regression | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['seed']} | {100 * r['accuracy']:.1f}% | {100 * r['logreg']:.1f}% | {r['seconds']:.1f} |" for r in rows]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not args.output.exists():
+        args.output.write_text("# Benchmarks\n\nEach section is appended by the script named in its command line.\n")
+    with open(args.output, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"appended results to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Tests of the primitives, the cell search space and the input spec."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from archadapt.errors import ConfigError
+from archadapt.operations import OPS
+from archadapt.search_space import PRIMITIVES, InputSpec, SearchSpace
+
+CHANNELS = 4
+SIZES = (7, 8, 16)
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("track", [False, True])
+def test_primitive_stride1_keeps_shape(primitive: str, track: bool) -> None:
+    torch.manual_seed(0)
+    op = OPS[primitive](CHANNELS, 1, track)
+    for size in SIZES:
+        x = torch.rand(3, CHANNELS, size, size + 1)
+        assert op(x).shape == (3, CHANNELS, size, size + 1)
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("track", [False, True])
+def test_primitive_stride2_halves_size(primitive: str, track: bool) -> None:
+    torch.manual_seed(0)
+    op = OPS[primitive](CHANNELS, 2, track)
+    for size in SIZES:
+        x = torch.rand(3, CHANNELS, size, size + 1)
+        expected = (3, CHANNELS, math.ceil(size / 2), math.ceil((size + 1) / 2))
+        assert op(x).shape == expected
+
+
+def test_ops_cover_every_primitive() -> None:
+    assert set(OPS) == set(PRIMITIVES)
+
+
+def test_four_nodes_have_14_edges() -> None:
+    space = SearchSpace(nodes=4)
+    assert space.num_edges == 14
+    assert len(space.edges) == 14
+    assert space.num_primitives == len(PRIMITIVES)
+
+
+def test_edge_sources_and_targets() -> None:
+    space = SearchSpace(nodes=4)
+    expected = [(source, target) for target in range(2, 6) for source in range(target)]
+    assert [(edge.source, edge.target) for edge in space.edges] == expected
+    assert [edge.index for edge in space.edges] == list(range(14))
+    for target in range(2, 6):
+        incoming = space.incoming_edges(target)
+        assert [edge.source for edge in incoming] == list(range(target))
+        assert all(edge.target == target for edge in incoming)
+
+
+@pytest.mark.parametrize("nodes", [2, 3, 5, 8])
+def test_edge_count_for_other_nodes(nodes: int) -> None:
+    space = SearchSpace(nodes=nodes)
+    # Node k + 2 has k + 2 inputs.
+    assert space.num_edges == sum(k + 2 for k in range(nodes))
+
+
+def test_cell_types_follow_reduce_cells() -> None:
+    space = SearchSpace(cells=4, reduce_cells=(1, 3))
+    assert space.cell_types() == ["normal", "reduce", "normal", "reduce"]
+
+
+def test_search_space_dict_round_trip() -> None:
+    space = SearchSpace(channels=8, cells=3, reduce_cells=(0, 2), nodes=3)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+@pytest.mark.parametrize(
+    ("values", "bad_value"),
+    [
+        ({"primitives": ("none", "conv_7x7")}, "conv_7x7"),
+        ({"primitives": ("skip_connect", "max_pool_3x3")}, "skip_connect"),
+        ({"primitives": ("none",)}, "['none']"),
+        ({"nodes": 9}, "nodes is 9"),
+        ({"nodes": 1}, "nodes is 1"),
+        ({"cells": 21}, "cells is 21"),
+        ({"cells": 0}, "cells is 0"),
+        ({"channels": 3}, "channels is 3"),
+        ({"channels": 1000}, "channels is 1000"),
+        ({"cells": 2, "reduce_cells": (5,)}, "[5]"),
+        ({"cells": 4, "reduce_cells": (1, 1)}, "[1, 1]"),
+        ({"cells": 4, "reduce_cells": (-1,)}, "[-1]"),
+    ],
+)
+def test_invalid_search_space_raises(values: dict, bad_value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        SearchSpace(**values)
+    assert bad_value in str(error.value)
+
+
+def test_unknown_search_space_key_raises() -> None:
+    with pytest.raises(ConfigError) as error:
+        SearchSpace.from_dict({"nodes": 4, "depth": 3})
+    assert "depth" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "bad_value"),
+    [
+        ({"channels": 2, "mean": (0.5, 0.5), "std": (0.5, 0.5)}, "input channels is 2"),
+        ({"height": 7}, "7x28"),
+        ({"width": 513}, "28x513"),
+        ({"mean": (0.5, 0.5)}, "[0.5, 0.5]"),
+        ({"std": (0.25, 0.75)}, "[0.25, 0.75]"),
+        ({"std": (-0.5,)}, "[-0.5]"),
+        ({"std": (0.0,)}, "[0.0]"),
+    ],
+)
+def test_invalid_input_spec_raises(values: dict, bad_value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        InputSpec(**values)
+    assert bad_value in str(error.value)
+
+
+def test_unknown_input_spec_key_raises() -> None:
+    with pytest.raises(ConfigError) as error:
+        InputSpec.from_dict({"channels": 1, "depth": 3})
+    assert "depth" in str(error.value)
+
+
+def test_input_spec_dict_round_trip() -> None:
+    spec = InputSpec(channels=3, height=32, width=24, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    assert InputSpec.from_dict(spec.to_dict()) == spec
