@@ -77,7 +77,7 @@ class InnerLoopConfig:
     temperature_end: float = 1.0  # temperature of the last step, annealed geometrically
     beta_alpha: float = 1.0  # weight of KL(q(alpha) || p(alpha))
     beta_w: float = 1.0  # weight of KL(q(w) || p(w))
-    prior_sigma: float = 0.05  # standard deviation of the weight prior
+    prior_sigma: float = 0.1  # standard deviation of the weight prior
     weight_sampling: str = "point"  # "point" (q(w) is a point mass) or "gaussian"
     grad_clip: float = 5.0  # maximum global gradient norm per step
 

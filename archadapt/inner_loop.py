@@ -1,7 +1,8 @@
 """The inner loop: adapt the task posterior from the prior by an unrolled optimizer.
 
 phi^0 = theta and phi^{t+1} = phi^t - eta * grad_phi L(phi^t), where L is the negative ELBO on
-a minibatch of the support set with fresh Gumbel (and weight) noise at every step. The same
+a minibatch of the support set with fresh Gumbel (and weight) noise at every step. The weight
+KL term, a quadratic pull towards theta_w, is applied by its exact proximal step. The same
 function runs inside meta-training (where it may keep the graph for second-order gradients)
 and at serving time (with a longer schedule and an annealed temperature).
 """
@@ -90,8 +91,12 @@ def negative_elbo(
     config: InnerLoopConfig,
     temperature: float,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (loss, nll): the minibatch estimate of -ELBO / |S| and its likelihood part."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (nll, kl_alpha_term, kl_w_term), the minibatch estimate of -ELBO / |S| in parts.
+
+    The loss is nll + kl_alpha_term + kl_w_term: the mean cross-entropy and the two KL terms,
+    each weighted by its beta and divided by |S|.
+    """
     parameters = phi
     if config.weight_sampling == "gaussian":
         weights = {n: t for n, t in phi.items() if n not in ALPHA_NAMES.values()}
@@ -103,8 +108,7 @@ def negative_elbo(
     kl_alpha = architecture_kl(phi, {n: theta[n].detach() for n in ALPHA_NAMES.values()})
     phi_w = {n: t for n, t in phi.items() if n not in ALPHA_NAMES.values()}
     kl_w = gaussian_kl(phi_w, {n: theta[n].detach() for n in phi_w}, prior.log_sigma)
-    loss = nll + (config.beta_alpha * kl_alpha + config.beta_w * kl_w) / num_support
-    return loss, nll
+    return nll, config.beta_alpha * kl_alpha / num_support, config.beta_w * kl_w / num_support
 
 
 def initial_head(
@@ -151,9 +155,9 @@ def run_inner_loop(
         supernet, prior, support_images, support_labels, num_classes, config, generator, create_graph
     )
     if create_graph:
-        # Clones, so that the gradient with respect to phi^0 leaves out the head's dependence on
-        # theta (the head is an input of the step, not a function of phi); the step then matches
-        # the one without create_graph, and d phi^0 / d theta is still the identity.
+        # phi^0 is a clone of theta because the head is a function of theta. The step's gradient
+        # with respect to phi^0 then leaves out the path through the head, so the steps match
+        # those without create_graph, while d phi^0 / d theta is still the identity.
         phi = {n: t.clone() for n, t in prior.parameters.items()}
         head_weight, head_bias = head.weight, head.bias
     else:
@@ -170,20 +174,30 @@ def run_inner_loop(
         batch = _minibatch(num_support, config.batch_size, generator, support_images.device)
         temperature = config.temperature_at(step)
         head = TaskHead(head_weight, head_bias)
-        loss, nll = negative_elbo(
+        nll, kl_alpha_term, kl_w_term = negative_elbo(
             supernet, phi, head, prior, support_images[batch], support_labels[batch],
             num_support, config, temperature, generator,
         )
+        loss = nll + kl_alpha_term + kl_w_term
 
+        # The weight KL is quadratic, so it gets an exact proximal step below instead of a
+        # gradient step: with a small support set its curvature beta_w / (sigma^2 |S|) times
+        # inner_lr can exceed 2, where a plain gradient step would diverge.
         tensors = [phi[n] for n in names] + [head_weight, head_bias]
-        grads = torch.autograd.grad(loss, tensors, create_graph=create_graph, allow_unused=True)
+        grads = torch.autograd.grad(nll + kl_alpha_term, tensors, create_graph=create_graph, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
         scale = _clip_scale(grads, config.grad_clip)
 
         updated = []
         for name, tensor, grad in zip(names + ["head.weight", "head.bias"], tensors, grads):
-            lr = config.inner_lr_alpha if name in ALPHA_NAMES.values() else config.inner_lr
-            new = tensor - lr * scale * grad
+            if name in ALPHA_NAMES.values():
+                new = tensor - config.inner_lr_alpha * scale * grad
+            elif name in prior.log_sigma:
+                curvature = config.beta_w * torch.exp(-2.0 * prior.log_sigma[name]) / num_support
+                pull = config.inner_lr * curvature
+                new = (tensor - config.inner_lr * scale * grad + pull * prior.parameters[name]) / (1.0 + pull)
+            else:
+                new = tensor - config.inner_lr * scale * grad
             if not create_graph:
                 new = new.detach().requires_grad_(True)
             updated.append(new)

@@ -8,7 +8,8 @@ Each edge carries one primitive from PRIMITIVES.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 from archadapt.errors import ConfigError
 
@@ -47,7 +48,6 @@ class SearchSpace:
     cells: int = 4
     channels: int = 16
     reduce_cells: tuple[int, ...] = (1, 3)
-    edges: tuple[Edge, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.primitives if p not in PRIMITIVES]
@@ -68,11 +68,15 @@ class SearchSpace:
             raise ConfigError(
                 f"reduce_cells {list(self.reduce_cells)} must be distinct indices in [0, {self.cells})"
             )
+
+    @cached_property
+    def edges(self) -> tuple[Edge, ...]:
+        """Every edge of a cell, grouped by target node in order."""
         edges = []
         for target in range(2, self.nodes + 2):
             for source in range(target):
                 edges.append(Edge(index=len(edges), source=source, target=target))
-        object.__setattr__(self, "edges", tuple(edges))
+        return tuple(edges)
 
     @property
     def num_edges(self) -> int:

@@ -62,8 +62,9 @@ def meta_gradient(supernet: Supernet, prior: Prior, episode: Episode, config: Me
         with torch.no_grad():
             for name, parameter in theta.items():
                 parameter.grad = parameter.grad + scale * (parameter - phi[name])
-        embeddings = embed(supernet, phi, query_images, inner.temperature, "mode", generator)
-        return float(nn.functional.cross_entropy(posterior.head(embeddings), query_labels))
+        with torch.no_grad():
+            embeddings = embed(supernet, phi, query_images, inner.temperature, "mode", generator)
+            return float(nn.functional.cross_entropy(posterior.head(embeddings), query_labels))
 
     embeddings = embed(supernet, phi, query_images, inner.temperature, inner.sampling, generator)
     query_loss = nn.functional.cross_entropy(posterior.head(embeddings), query_labels)

@@ -75,8 +75,8 @@ def _decode_encoded(data: bytes, field: str, limits: RequestLimits) -> np.ndarra
             _check_size(image.height, image.width, field, limits)
             image.load()
             if image.mode.startswith("I"):
-                # 16-bit grayscale PNG ("I;16", "I"): scale to 8 bits as the client's loaders do;
-                # Pillow's convert("L") would clip every value above 255 to white.
+                # 16-bit grayscale PNG ("I;16", "I"): scale to 8 bits as the client's loaders do,
+                # because Pillow's convert("L") clips every value above 255 to white.
                 wide = np.asarray(image, dtype=np.int64)
                 return np.round(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8)
             if image.mode in ("RGBA", "LA", "P", "PA"):

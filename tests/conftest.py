@@ -10,8 +10,8 @@ import torch
 
 from archadapt.search_space import InputSpec, SearchSpace
 
-# The models here are tiny, so intra-op threads only add overhead; with two threads on a busy
-# two-core machine a supernet forward pass took about 30 times longer than with one.
+# The models here are tiny, so intra-op threads only add overhead. On a two-core machine busy
+# with another job, a tiny supernet's forward pass took about 30 times longer with two threads.
 torch.set_num_threads(1)
 
 IMAGE_SIZE = 16
