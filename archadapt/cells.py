@@ -63,7 +63,7 @@ def embedding_dim(space: SearchSpace) -> int:
 
 # Radius of the sphere the embeddings are projected onto. Prototype logits are negative squared
 # distances between points on this sphere, so they stay within [-4 * r^2, 0] up to a shared
-# offset, whatever the task; unnormalized embeddings gave initial losses in the hundreds.
+# offset, whatever the task. Unnormalized embeddings gave initial losses in the hundreds.
 EMBEDDING_RADIUS = 3.0
 
 

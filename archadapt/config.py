@@ -111,7 +111,8 @@ class FinetuneConfig:
     lr: float = 0.002
     weight_decay: float = 1e-4
     batch_size: int = 64
-    augment: bool = True  # small random shifts of the support images
+    augment: bool = True  # random shifts of up to 2 pixels
+    horizontal_flip: bool = False  # random left-right mirroring; only for mirror-symmetric classes
 
     def __post_init__(self) -> None:
         check_range("finetune steps", self.steps, 0, 100_000)

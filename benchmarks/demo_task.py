@@ -2,9 +2,9 @@
 """Benchmark the demo task: Fashion-MNIST, 10-way, 20 shots, through the real server and client.
 
 For each seed, draw 20 support images per class from the Fashion-MNIST training file and 100
-held-out images per class from the t10k file, send the support set to a server on loopback,
-score the returned ONNX model in onnxruntime on the held-out images, and fit a logistic
-regression on the raw pixels of the same support images as a floor. Appends a table with the
+held-out images per class from the t10k file, and send the support set to a server on loopback.
+The returned ONNX model is scored in onnxruntime on the held-out images. A logistic regression
+on the raw pixels of the same support images is the floor. Appends a table with the
 command, commit and machine to docs/benchmarks.md.
 """
 

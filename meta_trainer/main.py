@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="JSON config file (MetaTrainConfig fields); defaults apply to absent keys")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint directory; an existing one is resumed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming when --output holds a checkpoint")
+    parser.add_argument("--no-resume", action="store_true", help="exit with an error instead of resuming when --output contains a checkpoint")
     parser.add_argument("--final-tasks", type=int, default=100, help="meta_val and meta_test tasks per setting in the final evaluation")
     parser.add_argument("--evaluate-only", action="store_true", help="skip training and only run the final evaluation on --output")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -68,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         trainer = MetaTrainer(config, args.output, device=args.device)
         resumed = trainer.resume()
         if resumed and args.no_resume:
-            logger.error("%s already holds a checkpoint and --no-resume is set", args.output)
+            logger.error("%s already contains a checkpoint and --no-resume is set; choose another --output", args.output)
             return 2
         if not args.evaluate_only:
             logger.info("meta-training with config %s", json.dumps(to_dict(config)))
             trainer.train()
         trainer.metrics["final"] = final_evaluation(trainer, args.final_tasks)
         trainer.save()
-        write_model_card(load_checkpoint(args.output), args.output, " ".join(sys.argv))
+        command = " ".join(["archadapt-meta-train", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+        write_model_card(load_checkpoint(args.output), args.output, command)
     except (ArchadaptError, ValueError) as error:
         logger.error("%s", error)
         return 2

@@ -4,8 +4,8 @@ Each outer step draws `meta_batch_size` episodes, runs the inner loop on each su
 and moves theta to raise the query likelihood of the adapted posterior minus its KL to the
 prior. The meta-gradient is first order (the gradient at phi^T), second order (through the
 unrolled steps) or Reptile (theta - phi^T). Checkpoints are written atomically every
-`checkpoint_interval` steps with the Adam state, so a killed run resumes where it stopped;
-episodes and noise of step s depend only on (seed, s), so a resumed run draws the same tasks.
+`checkpoint_interval` steps with the Adam state, so a killed run resumes where it stopped.
+Episodes and noise of step s depend only on (seed, s), so a resumed run draws the same tasks.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="torch device for adaptation: auto (cuda when available, else cpu), cpu or cuda[:N]")
     parser.add_argument("--port-file", type=Path, help="write the bound port to this file once the server is ready")
     parser.add_argument("--max-images", type=int, default=RequestLimits.max_images, help="most images accepted in one request")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     return parser.parse_args(argv)
 
@@ -37,7 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads < 0:
+        parser_error = f"--threads is {args.threads}; use 0 for torch's default or a positive count"
+        logger.error(parser_error)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
     except CheckpointError as error:
@@ -47,16 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     limits = RequestLimits(max_images=args.max_images)
     running = create_server(f"{args.host}:{args.port}", checkpoint, device, limits)
     logger.info(
-        "serving checkpoint %s from %s on %s:%d; device %s; onnxruntime %s providers %s",
-        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device,
+        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); onnxruntime %s providers %s",
+        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(),
         onnxruntime.__version__, onnxruntime.get_available_providers(),
     )
-    if args.port_file:
-        args.port_file.write_text(f"{running.port}\n")
-
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped.set())
+    if args.port_file:
+        args.port_file.write_text(f"{running.port}\n")
     stopped.wait()
     logger.info("shutting down")
     running.stop(grace=5.0)

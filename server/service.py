@@ -40,7 +40,7 @@ MAX_STEPS = 10_000  # upper bound on inner_steps and finetune_steps of a request
 
 
 class AdaptationService(pb_grpc.AdaptationServicer):
-    """Serves one checkpoint. Adaptations run one at a time per device; others wait in turn."""
+    """Serve one checkpoint. Adaptations run one at a time per device, and others wait in turn."""
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, limits: RequestLimits, config: ServingConfig = ServingConfig()):
         self.checkpoint = checkpoint
@@ -88,6 +88,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
     def _adapt(self, request: pb.AdaptRequest, context: grpc.ServicerContext, request_id: str, received: float) -> Iterator[pb.AdaptEvent]:
         config = self._serving_config(request.options)
         data = decode_request(request, self.checkpoint.spec, self.limits)
+        decode_seconds = time.perf_counter() - received
         logger.info("request %s: %d images, %d classes", request_id, data.labels.numel(), data.num_classes)
 
         events: queue.Queue = queue.Queue()
@@ -123,6 +124,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             raise outcome["error"]
 
         result: AdaptationResult = outcome["result"]
+        result.timings["validate"] = result.timings.get("validate", 0.0) + decode_seconds
         model = result.onnx_bytes
         for offset in range(0, len(model), CHUNK_BYTES):
             yield pb.AdaptEvent(model_chunk=pb.ModelChunk(offset=offset, data=model[offset : offset + CHUNK_BYTES], total_bytes=len(model)))
