@@ -643,7 +643,7 @@ def test_server_command_stops_on_sigterm(checkpoint_dir: Path, tmp_path: Path) -
     output = log.read_text()
     assert returncode == 0, output
     assert f"serving checkpoint {CHECKPOINT_ID}" in output
-    assert f"127.0.0.1:{port}; device {info.device};" in output
+    assert f"127.0.0.1:{port}; device {info.device} (" in output
     assert f"onnxruntime {onnxruntime.__version__} providers [" in output
     assert "CPUExecutionProvider" in output
     assert "shutting down" in output
