@@ -73,6 +73,7 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, extra_tensors: dict
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp creates it private; a checkpoint is meant to be shared
     try:
         tensors = {name: t.detach().cpu().contiguous() for name, t in checkpoint.prior.parameters.items()}
         for name, t in checkpoint.prior.log_sigma.items():
@@ -95,6 +96,7 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, extra_tensors: dict
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in staging.iterdir():
+            path.chmod(0o644)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 
