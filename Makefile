@@ -10,8 +10,9 @@ ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo c
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU build of torch 2.13.0 is installed first, so the range in pyproject.toml is met
-	# without pulling a CUDA build.
+	# torch is pinned first so the range in pyproject.toml is met without another download. On
+	# the project's build machines pip's configuration supplies the CPU wheel; plain PyPI serves
+	# the larger CUDA build on x86_64.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e clients/python -e ".[$(ORT_EXTRA),test,bench]"
 	touch $@

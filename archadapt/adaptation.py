@@ -149,6 +149,7 @@ def adapt_task(
     timings["adapt"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    progress("derive", 0, 1, 0.0)
     probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
     genotype = derive_genotype(checkpoint.space, probs)
     progress("derive", 1, 1, 0.0)
@@ -166,12 +167,14 @@ def adapt_task(
     timings["finetune"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    progress("evaluate", 0, 1, 0.0)
     network = network.to("cpu")
     accuracy, loss = (0.0, 0.0) if validation is None else evaluate(network, validation)
     progress("evaluate", 1, 1, loss)
     timings["evaluate"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    progress("export", 0, 1, 0.0)
     parity_images = data.images[:8].cpu()
     exported = export_onnx(network, checkpoint.spec, data.class_names, checkpoint.checkpoint_id, parity_images)
     progress("export", 1, 1, 0.0)

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 # The exporter logs one warning per torchvision operator it cannot register when torchvision is
 # absent; archadapt never uses those operators.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+# onnxscript and onnx_ir log every optimization pass at INFO, about 100 lines per export.
+for _name in ("onnxscript", "onnx_ir"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
