@@ -27,7 +27,8 @@ def write_model_card(checkpoint: Checkpoint, directory: Path, command: str) -> P
         "",
         f"- Command: `{command}`",
         f"- Outer steps: {state.get('step')}, tasks seen: {state.get('tasks_seen')}",
-        f"- Wall time: {state.get('wall_seconds', 0) / 60:.1f} min on device `{checkpoint.provenance.get('device')}`",
+        f"- Wall time: {state.get('wall_seconds', 0) / 60:.1f} min on device `{checkpoint.provenance.get('device')}`"
+        f" ({checkpoint.provenance.get('machine', 'machine not recorded')})",
         f"- Code version: {checkpoint.provenance.get('code_version')}, torch {checkpoint.provenance.get('torch_version')}",
         "",
         "## Accuracy",

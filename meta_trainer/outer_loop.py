@@ -11,6 +11,8 @@ Episodes and noise of step s depend only on (seed, s), so a resumed run draws th
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import subprocess
 import time
 from dataclasses import dataclass
@@ -196,6 +198,7 @@ class MetaTrainer:
                 "code_version": code_version(),
                 "torch_version": torch.__version__,
                 "device": str(self.device),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
             },
             metrics=self.metrics,
             state={"step": self.state.step, "wall_seconds": self.state.wall_seconds, "tasks_seen": self.state.tasks_seen},
