@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tuning steps of the derived network (default: 0, the server's default)",
     )
 
+    predict = commands.add_parser(
+        "predict",
+        help="classify images with a model returned by archadapt adapt",
+        description="Run an archadapt ONNX model with onnxruntime on image files or folders, resizing "
+        "them to the model's input spec, and print the most probable classes by name.",
+    )
+    predict.add_argument("model", type=Path, metavar="MODEL", help="ONNX model written by archadapt adapt")
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of them")
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="number of classes printed per image (default: 3)")
+
     info = commands.add_parser(
         "info",
         help="print the server's input spec, search space, limits and versions",
@@ -181,6 +191,18 @@ def run_adapt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
 
     path = result.save(args.out)
     print_result(result, path, stdout)
+
+
+def run_predict(args: argparse.Namespace, stdout: TextIO) -> None:
+    """Print the top classes of every image, one line per image."""
+    from archadapt_client.predict import Model, image_files
+
+    if args.top < 1:
+        raise ValueError(f"--top is {args.top}; use 1 or more")
+    model = Model(args.model)
+    for prediction in model.predict_files(image_files(args.images), top=args.top):
+        classes = ", ".join(f"{name} {100 * probability:.1f}%" for name, probability in prediction.top)
+        print(f"{prediction.path}: {classes}", file=stdout)
 
 
 def print_result(result: AdaptResult, path: Path, stdout: TextIO) -> None:
@@ -285,9 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "adapt":
             run_adapt(args, sys.stdout, sys.stderr)
+        elif args.command == "predict":
+            run_predict(args, sys.stdout)
         else:
             run_info(args, sys.stdout)
-    except (ArchadaptError, ValueError, OSError) as error:
+    except (ArchadaptError, ValueError, OSError, ImportError) as error:
         # ValueError covers DatasetError and out-of-range options.
         logger.debug("command %s failed", args.command, exc_info=True)
         report_error(error, sys.stderr)
