@@ -33,9 +33,9 @@ ProgressCallback = Callable[[str, int, int, float], None]
 class ServingConfig:
     """Serving-time adaptation: a longer inner loop with an annealed temperature, then fine-tuning."""
 
-    # Measured on the Fashion-MNIST demo task (10-way, 20 shots, one seed, 500 held-out images),
-    # each difference within about two standard errors: 0, 10 and 30 inner steps gave 67%, 71%
-    # and 70%, and 80 and 150 fine-tuning steps gave 71% and 72%. Horizontal flips lowered it.
+    # Measured on the Fashion-MNIST demo task (10-way, 20 shots, one seed, 500 held-out images).
+    # 0, 10 and 30 inner steps gave 67%, 71% and 70%, and 80 and 150 fine-tuning steps gave 71%
+    # and 72%. Each difference is within about two standard errors. Horizontal flips lowered it.
     inner: InnerLoopConfig = InnerLoopConfig(
         inner_steps=10, inner_lr=0.05, inner_lr_alpha=1.0, batch_size=64, temperature=1.0, temperature_end=0.2
     )

@@ -1,7 +1,7 @@
 """Derive a discrete genotype from the adapted posterior q(alpha).
 
-The DARTS rule: on every edge take the most probable primitive other than `none`; for each
-intermediate node keep the two incoming edges whose chosen primitive is most probable.
+The DARTS rule takes, on every edge, the most probable primitive other than `none`. Then each
+intermediate node keeps the two incoming edges whose chosen primitive is most probable.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ def finetune(
     for step in range(config.steps):
         if should_stop is not None and should_stop():
             raise AdaptationCancelled(f"fine-tuning cancelled before step {step}")
+
         if config.batch_size >= images.shape[0]:
             batch = torch.arange(images.shape[0])
         else:
@@ -63,13 +64,16 @@ def finetune(
             inputs = random_shift(inputs, generator)
         if config.horizontal_flip:
             inputs = random_flip(inputs, generator)
+
         loss = nn.functional.cross_entropy(network(inputs), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, config.steps, losses[-1])
+
     recalibrate_batch_norm(network, images)
     network.to(memory_format=torch.contiguous_format)
     network.eval()

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,19 +25,13 @@ from sklearn.linear_model import LogisticRegression
 
 from archadapt.checkpoint import load_checkpoint
 from archadapt_client import Client
+from archadapt_client.loaders import read_idx
+from markdown_report import append_section, machine_description
 from server.app import create_server
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator):
@@ -52,10 +43,6 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else float("nan")
     return float(array.mean()), float(half)
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {platform.python_version()}"
 
 
 def commit() -> str:
@@ -119,7 +106,7 @@ def main() -> int:
         "",
         f"- Command: `python benchmarks/demo_task.py --seeds {args.seeds} --shots {args.shots} --heldout {args.heldout}`",
         f"- Commit: {commit()}; checkpoint `{checkpoint.checkpoint_id}`; device {device}",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine_description()}",
         f"- {args.seeds} tasks, {args.heldout} held-out images per class each; mean with a 95% confidence interval.",
         "",
         "| model | held-out accuracy | parameters | multiply-accumulates | request to ONNX model |",
@@ -140,12 +127,7 @@ def main() -> int:
         "|---|---|---|---|",
     ]
     lines += [f"| {r['seed']} | {100 * r['accuracy']:.1f}% | {100 * r['logreg']:.1f}% | {r['seconds']:.1f} |" for r in rows]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    if not args.output.exists():
-        args.output.write_text("# Benchmarks\n\nEach section is appended by the script named in its command line.\n")
-    with open(args.output, "a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print(f"appended results to {args.output}")
+    append_section(args.output, lines)
     return 0
 
 

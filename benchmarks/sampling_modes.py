@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from archadapt.config import InnerLoopConfig
 from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.supernet import Supernet
+from markdown_report import append_section, machine_description
 from meta_trainer.config import MetaTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +63,7 @@ def main() -> int:
         f"## Inner-loop step time: hard against soft Gumbel-Softmax ({datetime.date.today().isoformat()})",
         "",
         f"- Command: `python benchmarks/sampling_modes.py --batch-size {args.batch_size} --steps {args.steps} --threads {args.threads}`",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}",
+        f"- Machine: {machine_description()}",
         f"- Supernet of the default checkpoint: {space.cells} cells, {space.channels} channels, 28x28 input; "
         f"forward and backward on {args.batch_size} images; mean and standard deviation over {args.steps - 1} steps.",
         "",
@@ -73,11 +72,7 @@ def main() -> int:
     ]
     lines += [f"| {name} | {mean:.3f} ± {std:.3f} |" for name, mean, std in rows]
     lines += ["", f"Hard sampling is {rows[1][1] / rows[0][1]:.1f} times faster, so it is the default."]
-    if not args.output.exists():
-        args.output.write_text("# Benchmarks\n\nEach section is appended by the script named in its command line.\n")
-    with open(args.output, "a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print(f"appended results to {args.output}")
+    append_section(args.output, lines)
     return 0
 
 

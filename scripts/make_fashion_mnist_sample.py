@@ -4,28 +4,21 @@
 Reads Debian's dataset-fashion-mnist IDX files and writes, with a fixed seed:
 - examples/fashion-mnist/support.npz: 20 images per class from the training file;
 - examples/fashion-mnist/heldout.npz: 50 images per class from the t10k file.
-Each file holds `images` (N, 28, 28) uint8, `labels` (N,) int64 and `class_names`.
+Each file contains `images` (N, 28, 28) uint8, `labels` (N,) int64 and `class_names`.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
 import numpy as np
 
+from archadapt_client.loaders import read_idx
+
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 OUTPUT = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist"
 CLASS_NAMES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def sample(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator):

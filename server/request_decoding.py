@@ -42,9 +42,9 @@ class InvalidRequest(ValueError):
 
     def __init__(self, violations: list[tuple[str, str]]):
         self.violations = violations
-        shown = "; ".join(f"{field}: {description}" for field, description in violations[:5])
+        first_five = "; ".join(f"{field}: {description}" for field, description in violations[:5])
         more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
-        super().__init__(f"invalid request: {shown}{more}")
+        super().__init__(f"invalid request: {first_five}{more}")
 
 
 DTYPES = {pb.UINT8: np.dtype("uint8"), pb.FLOAT32: np.dtype("<f4")}

@@ -74,14 +74,18 @@ class Model:
 
 
 def to_model_input(image: NDArray[Any], spec: InputSpec) -> NDArray[np.float32]:
-    """Convert an image (H, W) or (H, W, C) to float32 (C, H, W) in [0, 1] as the server does.
+    """Convert an image (H, W) or (H, W, C) to float32 (C, H, W) in [0, 1].
 
-    uint8 values are divided by 255. Colour becomes grayscale by ITU-R 601 luma for a one-channel
-    model, grayscale is repeated for a three-channel one, alpha is composited onto black, and the
-    image is resized with Pillow's bilinear filter. The server applies the same steps to the
-    images it adapts on, so predictions see the same input distribution.
+    `spec` is any object with `channels`, `height` and `width`. uint8 values are divided by 255,
+    and float32 values must already lie in [0, 1]. Colour becomes grayscale by ITU-R 601 luma for
+    a one-channel model, grayscale is repeated for a three-channel one, and alpha is composited
+    onto black. The image is then resized with Pillow's bilinear filter. The server converts the
+    images it adapts on with this function too, so predictions see the same input distribution.
     """
-    pixels = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    if image.dtype == np.uint8:
+        pixels = image.astype(np.float32) / 255.0
+    else:
+        pixels = image.astype(np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape[2] == 4:
