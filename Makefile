@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	# the project's build machines pip's configuration supplies the CPU wheel; plain PyPI serves
 	# the larger CUDA build on x86_64.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e clients/python -e ".[$(ORT_EXTRA),test,bench]"
+	$(PY) -m pip install --quiet -e "clients/python[show]" -e ".[$(ORT_EXTRA),test,bench]"
 	touch $@
 
 install: $(VENV)/.installed

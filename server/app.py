@@ -16,6 +16,7 @@ from archadapt.checkpoint import Checkpoint
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from server.request_decoding import RequestLimits
+from server.security import ServerSecurity
 from server.service import AdaptationService
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,21 @@ def create_server(
     limits: RequestLimits = RequestLimits(),
     config: ServingConfig = ServingConfig(),
     max_workers: int = 8,
+    security: ServerSecurity = ServerSecurity(),
 ) -> RunningServer:
-    """Build and start a server on `address` ("host:port", port 0 picks a free one)."""
+    """Build and start a server on `address` ("host:port", port 0 picks a free one).
+
+    `security` selects TLS and the interceptors that authenticate calls (default: plaintext, open).
+    """
     options = [
         ("grpc.max_receive_message_length", limits.max_request_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=options,
+        interceptors=security.interceptors,
+    )
     pb_grpc.add_AdaptationServicer_to_server(AdaptationService(checkpoint, device, limits, config), server)
 
     health_servicer = health.HealthServicer()
@@ -55,7 +64,7 @@ def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    port = security.add_port(server, address)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")
     server.start()

@@ -22,7 +22,9 @@ import torch
 from archadapt.checkpoint import load_checkpoint
 from archadapt.errors import CheckpointError
 from server.app import create_server
+from server.providers import loaded_providers
 from server.request_decoding import RequestLimits
+from server.security import SecurityConfigError, add_security_arguments, describe, security_from_args
 
 logger = logging.getLogger("server")
 
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=RequestLimits.max_images, help="most images accepted in one request")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    add_security_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -61,13 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot load checkpoint: %s", error)
         return 2
 
+    try:
+        security = security_from_args(args)
+    except SecurityConfigError as error:
+        logger.error("invalid security options: %s", error)
+        return 2
+
     limits = RequestLimits(max_images=args.max_images)
-    running = create_server(f"{args.host}:{args.port}", checkpoint, device, limits)
+    running = create_server(f"{args.host}:{args.port}", checkpoint, device, limits, security=security)
     logger.info(
-        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); onnxruntime %s providers %s",
+        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); "
+        "onnxruntime %s providers %s loaded of %s available",
         checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(),
-        onnxruntime.__version__, onnxruntime.get_available_providers(),
+        onnxruntime.__version__, loaded_providers(), onnxruntime.get_available_providers(),
     )
+    logger.info("connections: %s", describe(security, args))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped.set())

@@ -14,6 +14,7 @@ from archadapt_client.client import (
     EdgeProbabilities,
     Metrics,
     ProgressUpdate,
+    RetryPolicy,
     ServerInfo,
 )
 from archadapt_client.errors import ArchadaptError
@@ -30,6 +31,7 @@ __all__ = [
     "EdgeProbabilities",
     "Metrics",
     "ProgressUpdate",
+    "RetryPolicy",
     "ServerInfo",
     "__version__",
     "from_arrays",

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,13 +165,102 @@ class AdaptResult:
         return target
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for calls that fail with UNAVAILABLE.
+
+    Only UNAVAILABLE is retried: it means that the server was not reached or went away, so
+    resending cannot repeat work. Every other code is raised at once. A streaming call (Adapt)
+    is retried only while it has not received any event.
+
+    Attributes:
+        max_attempts: Attempts in total, including the first; 1 disables retries.
+        initial_backoff: Seconds before the second attempt.
+        multiplier: Factor by which the backoff grows after each retry.
+        max_backoff: Upper bound of one backoff, in seconds.
+        jitter: Fraction of each backoff removed at random, in [0, 1], so that many clients
+            do not retry in step.
+
+    Example:
+        >>> policy = RetryPolicy(max_attempts=3, initial_backoff=0.5, jitter=0.0)
+        >>> [policy.backoff(retry) for retry in range(3)]
+        [0.5, 1.0, 2.0]
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.5
+    multiplier: float = 2.0
+    max_backoff: float = 8.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"invalid max_attempts {self.max_attempts!r}; expected an int of at least 1")
+        if not self.initial_backoff > 0:
+            raise ValueError(f"invalid initial_backoff {self.initial_backoff!r}; expected a positive number of seconds")
+        if not self.multiplier >= 1:
+            raise ValueError(f"invalid multiplier {self.multiplier!r}; expected a number of at least 1")
+        if not self.max_backoff >= self.initial_backoff:
+            raise ValueError(
+                f"invalid max_backoff {self.max_backoff!r}; expected at least initial_backoff={self.initial_backoff}"
+            )
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"invalid jitter {self.jitter!r}; expected a fraction from 0 to 1")
+
+    def backoff(self, retry: int) -> float:
+        """Return the seconds to wait before retry number ``retry`` (0 for the first retry), before jitter."""
+        return float(min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
+
+
+NO_RETRIES = RetryPolicy(max_attempts=1)
+"""A RetryPolicy that sends every call once."""
+
+PemInput = bytes | str | os.PathLike[str]
+"""PEM data as ``bytes``, or the path of a PEM file as ``str`` or ``os.PathLike``."""
+
+_LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "::1")
+
+
+def _read_pem(value: PemInput, name: str) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, (str, os.PathLike)):
+        try:
+            data = Path(value).read_bytes()
+        except OSError as error:
+            raise ValueError(f"cannot read {name} from {value}: {error}") from error
+    else:
+        raise TypeError(f"{name} is a {type(value).__name__}; expected PEM bytes or a file path")
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{name} is not PEM data; expected a '-----BEGIN ...' block")
+    return data
+
+
+def _check_token(token: str) -> str:
+    if not isinstance(token, str):
+        raise TypeError(f"token is a {type(token).__name__}; expected a str")
+    if not token or any(character.isspace() for character in token):
+        raise ValueError("invalid token: it is empty or contains whitespace; pass the token alone, without 'Bearer '")
+    return token
+
+
 class Client:
     """Connection to one archadapt server.
 
-    Uses an insecure (plaintext) channel. Use it as a context manager or
-    call ``close()``. Every failed call raises ArchadaptError; invalid
-    arguments raise ValueError (DatasetError for images and labels) or
-    TypeError before anything is sent.
+    Use it as a context manager or call ``close()``. Every failed call
+    raises ArchadaptError; invalid arguments raise ValueError (DatasetError
+    for images and labels) or TypeError before anything is sent.
+
+    The channel is plaintext unless TLS is selected: ``tls=True`` verifies
+    the server with the system's root certificates, ``root_certificates``
+    with a CA bundle of your own, and ``certificate_chain`` with
+    ``private_key`` add a client certificate for servers that require mutual
+    TLS. ``token`` is sent with every call as ``authorization: Bearer <token>``
+    metadata.
+
+    Example:
+        >>> with Client("localhost:50051", timeout=30, root_certificates="ca.pem", token="s3cret") as client:
+        ...     print(client.info().checkpoint_id)  # doctest: +SKIP
     """
 
     def __init__(
@@ -178,14 +269,25 @@ class Client:
         *,
         timeout: float | None = 600.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        retry: RetryPolicy = RetryPolicy(),
+        tls: bool | None = None,
+        root_certificates: PemInput | None = None,
+        certificate_chain: PemInput | None = None,
+        private_key: PemInput | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         """Open a channel to ``address`` ("host:port").
 
         ``timeout`` is the deadline of each call in seconds, covering the
-        whole adaptation stream; None waits without a deadline.
-        ``max_message_bytes`` caps the size of one message sent or received.
-        The channel connects lazily, so an unreachable server is reported by
-        the first call (code UNAVAILABLE).
+        whole adaptation stream and every retry; None waits without a
+        deadline. ``max_message_bytes`` caps the size of one message sent or
+        received. ``retry`` sets how calls that fail with UNAVAILABLE are
+        retried. ``tls`` defaults to True when any certificate option is
+        given. ``server_name`` overrides the name checked against the
+        server's certificate (default: the host of ``address``). The channel
+        connects lazily, so an unreachable server is reported by the first
+        call (code UNAVAILABLE).
         """
         if not address or not isinstance(address, str):
             raise ValueError(f"invalid server address {address!r}; expected 'host:port', e.g. 'localhost:50051'")
@@ -193,17 +295,42 @@ class Client:
             raise ValueError(f"invalid timeout {timeout!r}; expected a positive number of seconds or None")
         if max_message_bytes <= 0:
             raise ValueError(f"invalid max_message_bytes {max_message_bytes!r}; expected a positive byte count")
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry is a {type(retry).__name__}; expected a RetryPolicy")
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key must be given together for mutual TLS")
+        has_certificates = any(value is not None for value in (root_certificates, certificate_chain))
+        if tls is None:
+            tls = has_certificates
+        elif not tls and has_certificates:
+            raise ValueError("tls=False contradicts the certificate options; drop them or set tls=True")
 
         self.address = address
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        self.retry = retry
+        self.tls = tls
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if token is not None:
+            self._metadata = (("authorization", f"Bearer {_check_token(token)}"),)
+            if not tls and not address.startswith(_LOOPBACK_HOSTS):
+                logger.warning("sending a bearer token to %s over plaintext; anyone on the path can read it", address)
+
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(root_certificates, "root_certificates") if root_certificates else None,
+                private_key=_read_pem(private_key, "private_key") if private_key else None,
+                certificate_chain=_read_pem(certificate_chain, "certificate_chain") if certificate_chain else None,
+            )
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = archadapt_pb2_grpc.AdaptationStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -221,10 +348,52 @@ class Client:
         """Close the channel; calling it again has no effect."""
         self._channel.close()
 
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _wait_before_retry(self, error: grpc.RpcError, attempt: int, deadline: float | None, method: str) -> bool:
+        """Sleep before the next attempt and return True, or return False when ``error`` is final.
+
+        ``attempt`` counts the attempts made so far, from 1.
+        """
+        code = error.code() if isinstance(error, grpc.Call) else None
+        if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
+            return False
+        delay = self.retry.backoff(attempt - 1) * (1.0 - self.retry.jitter * random.random())
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return False
+        logger.warning(
+            "%s to %s failed with UNAVAILABLE (%s); attempt %d of %d in %.2f s",
+            method, self.address, error.details(), attempt + 1, self.retry.max_attempts, delay,
+        )
+        time.sleep(delay)
+        return True
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
     @translate_rpc_errors
     def info(self) -> archadapt_pb2.ServerInfo:
-        """Return the server's input spec, search space, request limits and versions."""
-        return self._stub.GetServerInfo(archadapt_pb2.GetServerInfoRequest(), timeout=self.timeout)
+        """Return the server's input spec, search space, request limits and versions.
+
+        Example:
+            >>> with Client("localhost:50051", timeout=10) as client:
+            ...     info = client.info()  # doctest: +SKIP
+            >>> info.input_spec.channels, info.input_spec.height  # doctest: +SKIP
+            (1, 28)
+        """
+        deadline = self._deadline()
+        attempt = 1
+        while True:
+            try:
+                return self._stub.GetServerInfo(
+                    archadapt_pb2.GetServerInfoRequest(), timeout=self._remaining(deadline), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if not self._wait_before_retry(error, attempt, deadline, "GetServerInfo"):
+                    raise
+                attempt += 1
 
     @translate_rpc_errors
     def adapt(
@@ -250,6 +419,13 @@ class Client:
         Raises ArchadaptError with the server's status, or with code
         DATA_LOSS when the model chunks are out of order, the model's size or
         SHA-256 differs from the result, or the stream ends without a result.
+
+        Example:
+            >>> import numpy as np
+            >>> images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+            >>> with Client("localhost:50051") as client:
+            ...     result = client.adapt(images, [0, 1] * 10, ["even", "odd"], seed=1)  # doctest: +SKIP
+            >>> result.save("model.onnx")  # doctest: +SKIP
         """
         request = build_request(
             images,
@@ -268,13 +444,35 @@ class Client:
             )
         logger.debug("sending Adapt request: %d images, %d bytes", len(request.images), request_bytes)
 
-        stream = self._stub.Adapt(request, timeout=self.timeout)
-        try:
-            return _read_adapt_stream(stream, on_progress)
-        finally:
-            # Cancelling stops the server's work when the loop was left early.
-            # It has no effect once the call has finished.
-            stream.cancel()
+        deadline = self._deadline()
+        attempt = 1
+        while True:
+            stream = self._stub.Adapt(request, timeout=self._remaining(deadline), metadata=self._metadata)
+            received_events = _CountingIterator(stream)
+            try:
+                return _read_adapt_stream(received_events, on_progress)
+            except grpc.RpcError as error:
+                # A stream that delivered an event has started the server's work: never resend it.
+                if received_events.count or not self._wait_before_retry(error, attempt, deadline, "Adapt"):
+                    raise
+                attempt += 1
+            finally:
+                # Cancelling stops the server's work when the loop was left early.
+                # It has no effect once the call has finished.
+                stream.cancel()
+
+
+class _CountingIterator(Iterator[archadapt_pb2.AdaptEvent]):
+    """Count the events an Adapt stream has delivered."""
+
+    def __init__(self, events: Iterator[archadapt_pb2.AdaptEvent]) -> None:
+        self._events = events
+        self.count = 0
+
+    def __next__(self) -> archadapt_pb2.AdaptEvent:
+        event = next(self._events)
+        self.count += 1
+        return event
 
 
 def _read_adapt_stream(
