@@ -41,5 +41,5 @@ def loaded_providers(requested: Sequence[str] | None = None) -> list[str]:
     loaded = list(session.get_providers())
     missing = [name for name in providers if name not in loaded]
     if missing:
-        logger.warning("onnxruntime providers %s are installed but did not load; sessions fall back to %s", missing, loaded)
+        logger.warning("onnxruntime providers %s were requested but did not load; sessions fall back to %s", missing, loaded)
     return loaded
