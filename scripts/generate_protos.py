@@ -23,6 +23,10 @@ proto with the same grpcio-tools version.
 
 The output depends on the grpcio-tools version, which writes its own version
 into the files. ``--check`` therefore fails after a grpcio-tools upgrade too.
+GRPCIO_TOOLS_VERSION pins that version. The stubs then require grpcio at least
+that new and the protobuf runtime of its protoc, so the lower bounds of grpcio
+and protobuf in clients/python/pyproject.toml must not be older; raise them
+together with the pin.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+# The grpcio-tools release that writes the committed stubs; see the module docstring.
+GRPCIO_TOOLS_VERSION = "1.85.1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROTO = REPO_ROOT / "protos" / "archadapt" / "v1" / "archadapt.proto"
@@ -123,6 +130,12 @@ def generate(proto: Path, output_root: Path) -> list[Path]:
             "see GRPC_GENERATED_VERSION in clients/python/archadapt_client/v1/archadapt_pb2_grpc.py"
         ) from error
 
+    installed = importlib.metadata.version("grpcio-tools")
+    if installed != GRPCIO_TOOLS_VERSION:
+        raise GenerationError(
+            f"grpcio-tools {installed} is installed, but the stubs are generated with {GRPCIO_TOOLS_VERSION}; "
+            f"run: pip install grpcio-tools=={GRPCIO_TOOLS_VERSION}"
+        )
     if not proto.is_file():
         raise FileNotFoundError(f"proto file not found: {proto}")
 
