@@ -30,6 +30,7 @@ test: install system-packages
 
 protos: install
 	$(PY) scripts/generate_protos.py
+	$(PY) scripts/generate_api_docs.py
 
 benchmark: install system-packages
 	$(PY) benchmarks/demo_task.py

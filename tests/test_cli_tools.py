@@ -358,3 +358,36 @@ def test_help_lists_exit_codes() -> None:
     assert completed.returncode == 0
     for code in (0, 1, 2, 3, 4, 130):
         assert f"\n  {code} " in completed.stdout, code
+
+
+# ---------------------------------------------------------------------------------------------
+# Runnable examples
+# ---------------------------------------------------------------------------------------------
+
+
+def test_python_client_example_runs(address: str, tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "python_client.py"), "--server", address, "--out-dir", str(tmp_path),
+         "--inner-steps", "1", "--finetune-steps", "2"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert f"checkpoint {CHECKPOINT_ID}" in completed.stdout
+    assert (tmp_path / "fashion.onnx").is_file()
+    assert (tmp_path / "triton" / "fashion_mnist" / "config.pbtxt").is_file()
+    assert (tmp_path / "cells.svg").is_file()
+    assert "normal node 0 = " in completed.stdout
+
+
+def test_library_docstring_examples() -> None:
+    """The examples in the client's docstrings run (those that need a server are marked to skip)."""
+    import doctest
+    import importlib
+
+    attempted = 0
+    for name in ("client", "genotype_diagram", "triton", "onnx_model", "errors", "loaders"):
+        module = importlib.import_module(f"archadapt_client.{name}")
+        results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert results.failed == 0, name
+        attempted += results.attempted
+    assert attempted >= 4

@@ -85,3 +85,37 @@ def test_generated_stubs_coexist_with_server_stubs(tmp_path: Path) -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "True"
+
+
+def test_api_reference_is_current() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "generate_api_docs.py"), "--check"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_every_proto_element_documented() -> None:
+    """Every message, field, enum value and RPC of the contract has a comment above it."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        from generate_api_docs import FILE_ENUM, FILE_MESSAGE, FILE_SERVICE, Comments, compile_descriptor
+    finally:
+        sys.path.pop(0)
+    file = compile_descriptor(REPO_ROOT / "protos", "archadapt/v1/archadapt.proto")
+    comments = Comments(file)
+    missing = []
+    for index, message in enumerate(file.message_type):
+        if not comments.text(FILE_MESSAGE, index):
+            missing.append(f"message {message.name}")
+        missing += [
+            f"field {message.name}.{field.name}"
+            for number, field in enumerate(message.field)
+            if not comments.text(FILE_MESSAGE, index, 2, number)
+        ]
+    for index, enum in enumerate(file.enum_type):
+        missing += [f"enum value {value.name}" for number, value in enumerate(enum.value) if not comments.text(FILE_ENUM, index, 2, number)]
+    for index, service in enumerate(file.service):
+        missing += [f"rpc {method.name}" for number, method in enumerate(service.method) if not comments.text(FILE_SERVICE, index, 2, number)]
+
+    assert missing == []
