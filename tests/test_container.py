@@ -1,9 +1,9 @@
 """The Dockerfile: hadolint, the files it copies, and its entry command run outside Docker.
 
 No Docker engine runs in the test environment, so the container's ENTRYPOINT and CMD run here as
-a subprocess with the port changed to 0, the host to 127.0.0.1 and the paths inside the image to
-their copies in the repository. The HEALTHCHECK command then has to report SERVING, and SIGTERM
-has to stop the server with status 0.
+a subprocess. The test changes the port to 0, the host to 127.0.0.1 and the paths inside the
+image to their copies in the repository. The HEALTHCHECK command then has to report SERVING, and
+SIGTERM has to stop the server with status 0.
 """
 
 from __future__ import annotations

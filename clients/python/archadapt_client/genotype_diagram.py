@@ -32,7 +32,7 @@ OUTPUT_FORMATS = ("svg", "png")
 
 
 class GenotypeError(ValueError):
-    """The input holds no genotype, or the genotype is malformed."""
+    """The input contains no genotype, or the genotype is malformed."""
 
 
 class RendererMissingError(ImportError):
@@ -74,7 +74,7 @@ def load_genotype(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the genotype from an ONNX model's metadata or from a JSON file.
 
     The JSON may be the output of ``archadapt adapt --json`` (with a "genotype" key) or a bare
-    genotype. Raises GenotypeError when the file holds none, OSError when it cannot be read.
+    genotype. Raises GenotypeError when the file contains none, OSError when it cannot be read.
     """
     source = Path(path)
     data = source.read_bytes()

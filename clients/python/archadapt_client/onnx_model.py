@@ -224,7 +224,7 @@ def read_onnx_info(model: bytes | str | os.PathLike[str]) -> OnnxModelInfo:
                 elif graph_number == 5:
                     initializers.add(_initializer_name(graph_value))
     if not found_graph:
-        raise OnnxFormatError("the data holds no ONNX graph; is it an .onnx file?")
+        raise OnnxFormatError("the data contains no ONNX graph; is it an .onnx file?")
     return OnnxModelInfo(
         metadata=metadata,
         inputs=tuple(tensor for tensor in inputs if tensor.name not in initializers),

@@ -29,12 +29,12 @@ if _version_not_supported:
 class AdaptationStub:
     """Adaptation service. One server holds one meta-learned checkpoint.
 
-    Status codes of every RPC: UNAUTHENTICATED when the server requires a
-    bearer token (metadata `authorization: Bearer <token>`) and the call has
-    none or an invalid one; UNAVAILABLE when the server cannot be reached or is
-    shutting down, the only code a client may retry without side effects. The
-    standard grpc.health.v1.Health service runs beside this one and needs no
-    token.
+    Every RPC fails with UNAUTHENTICATED when the server requires a bearer
+    token (metadata `authorization: Bearer <token>`) and the call has none or
+    an invalid one. UNAVAILABLE means that the server cannot be reached or is
+    shutting down. It is the only code a client may retry without side
+    effects. The standard grpc.health.v1.Health service runs beside this one
+    and needs no token.
     """
 
     def __init__(self, channel):
@@ -58,12 +58,12 @@ class AdaptationStub:
 class AdaptationServicer:
     """Adaptation service. One server holds one meta-learned checkpoint.
 
-    Status codes of every RPC: UNAUTHENTICATED when the server requires a
-    bearer token (metadata `authorization: Bearer <token>`) and the call has
-    none or an invalid one; UNAVAILABLE when the server cannot be reached or is
-    shutting down, the only code a client may retry without side effects. The
-    standard grpc.health.v1.Health service runs beside this one and needs no
-    token.
+    Every RPC fails with UNAUTHENTICATED when the server requires a bearer
+    token (metadata `authorization: Bearer <token>`) and the call has none or
+    an invalid one. UNAVAILABLE means that the server cannot be reached or is
+    shutting down. It is the only code a client may retry without side
+    effects. The standard grpc.health.v1.Health service runs beside this one
+    and needs no token.
     """
 
     def Adapt(self, request, context):
@@ -114,12 +114,12 @@ def add_AdaptationServicer_to_server(servicer, server):
 class Adaptation:
     """Adaptation service. One server holds one meta-learned checkpoint.
 
-    Status codes of every RPC: UNAUTHENTICATED when the server requires a
-    bearer token (metadata `authorization: Bearer <token>`) and the call has
-    none or an invalid one; UNAVAILABLE when the server cannot be reached or is
-    shutting down, the only code a client may retry without side effects. The
-    standard grpc.health.v1.Health service runs beside this one and needs no
-    token.
+    Every RPC fails with UNAUTHENTICATED when the server requires a bearer
+    token (metadata `authorization: Bearer <token>`) and the call has none or
+    an invalid one. UNAVAILABLE means that the server cannot be reached or is
+    shutting down. It is the only code a client may retry without side
+    effects. The standard grpc.health.v1.Health service runs beside this one
+    and needs no token.
     """
 
     @staticmethod
