@@ -23,6 +23,7 @@ def test_default_requests_every_available_provider() -> None:
 @pytest.mark.skipif(
     "CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="CUDA is installed, so it may load"
 )
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
 def test_missing_provider_falls_back_with_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="server.providers")
     loaded = loaded_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -48,6 +48,15 @@ TOKEN_ENVIRONMENT_VARIABLE = "ARCHADAPT_TOKEN"
 PREDICT_BATCH_SIZE = 256
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wrap descriptions as usual, but keep the line breaks of the exit-code table in the epilog."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == EXIT_CODES_HELP:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class PhaseProgressBars:
     """Show one tqdm bar per phase on ``stream``, with step/total and the loss as postfix."""
 
@@ -90,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt the archadapt server's meta-learned prior to a labeled image dataset "
         "and download the resulting ONNX classifier.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send a dataset to the server, show the progress of each phase, save the ONNX model "
         "and print its validation accuracy, genotype and phase times.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_server_arguments(adapt)
     adapt.add_argument(
@@ -178,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an archadapt ONNX model with onnxruntime on image files or folders, resizing "
         "them to the model's input spec, and print the most probable classes by name.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     predict.add_argument("model", type=Path, metavar="MODEL", help="ONNX model written by archadapt adapt")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of them")
@@ -190,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the server's input spec, search space, limits and versions",
         description="Print the input spec, search space, request limits and versions of the server.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_server_arguments(info)
     _add_json_argument(info)
@@ -202,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'archadapt adapt --json', or from a genotype JSON file. Print one line per node, and with --out "
         "draw both cells as an SVG or PNG diagram (needs the graphviz package and Graphviz's dot program).",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     show.add_argument("source", type=Path, metavar="RESULT_JSON_OR_MODEL", help="an .onnx model or a .json file")
     show.add_argument("--out", type=Path, metavar="PATH", help="diagram to write, ending in .svg or .png")
@@ -271,7 +280,7 @@ def _non_negative_int(text: str) -> int:
 def _read_token(args: argparse.Namespace) -> str | None:
     if args.token_file is not None:
         lines = args.token_file.read_text(encoding="utf-8").split("\n")
-        token = lines[0].strip()
+        token: str = lines[0].strip()
         if not token:
             raise ValueError(f"the first line of --token-file {args.token_file} is empty; write the token there")
         return token

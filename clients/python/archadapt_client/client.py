@@ -387,9 +387,10 @@ class Client:
         attempt = 1
         while True:
             try:
-                return self._stub.GetServerInfo(
+                info: archadapt_pb2.ServerInfo = self._stub.GetServerInfo(
                     archadapt_pb2.GetServerInfoRequest(), timeout=self._remaining(deadline), metadata=self._metadata
                 )
+                return info
             except grpc.RpcError as error:
                 if not self._wait_before_retry(error, attempt, deadline, "GetServerInfo"):
                     raise

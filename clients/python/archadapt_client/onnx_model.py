@@ -76,7 +76,8 @@ class OnnxModelInfo:
 
     def genotype(self) -> dict[str, Any]:
         """Return the genotype stored in the metadata; raise OnnxFormatError when it is missing or invalid."""
-        return _json_metadata(self.metadata, GENOTYPE_KEY, dict)
+        genotype: dict[str, Any] = _json_metadata(self.metadata, GENOTYPE_KEY, dict)
+        return genotype
 
     def class_names(self) -> list[str]:
         """Return the class names stored in the metadata; raise OnnxFormatError when they are missing."""
@@ -121,6 +122,7 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
         number, wire_type = key >> 3, key & 0x7
         if number == 0:
             raise OnnxFormatError("field number 0; the file is not an ONNX model")
+        value: int | memoryview
         if wire_type == _VARINT:
             value, position = _read_varint(data, position)
         elif wire_type == _FIXED64:
@@ -175,7 +177,8 @@ def _tensor_type(data: memoryview) -> tuple[str, tuple[int | str, ...]]:
 
 def _value_info(data: memoryview) -> TensorInfo:
     name = ""
-    element_type, dims = "UNDEFINED", ()
+    element_type = "UNDEFINED"
+    dims: tuple[int | str, ...] = ()
     for number, wire_type, value in _fields(data):
         if wire_type != _LENGTH_DELIMITED:
             continue
