@@ -17,7 +17,8 @@ import torch
 
 from archadapt.checkpoint import Checkpoint
 from server.app import RunningServer, create_server
-from server.security import BearerTokenInterceptor, ServerSecurity
+from certificates import make_tls_files
+from server.security import BearerTokenInterceptor, ServerSecurity, server_credentials
 from test_server_e2e import CHECKPOINT_ID, LIMITS, SERVING, SPACE, address, checkpoint, checkpoint_dir, server  # noqa: F401
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
@@ -90,3 +91,19 @@ def test_node_client_requires_server(node_modules: Path) -> None:
     completed = run_script()
     assert completed.returncode == 2
     assert "missing --server" in completed.stderr
+
+
+def test_node_client_over_tls(node_modules: Path, checkpoint: Checkpoint, tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    security = ServerSecurity(credentials=server_credentials(tls.server_cert, tls.server_key))
+    running = create_server("127.0.0.1:0", checkpoint, torch.device("cpu"), LIMITS, SERVING, max_workers=2, security=security)
+    try:
+        verified = run_script("--server", f"localhost:{running.port}", "--tls-ca", str(tls.ca))
+        plaintext = run_script("--server", f"localhost:{running.port}")
+    finally:
+        running.stop(grace=1.0)
+
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["health"] == "SERVING"
+    assert plaintext.returncode == 1
+    assert "error: UNAVAILABLE" in plaintext.stderr

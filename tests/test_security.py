@@ -95,6 +95,16 @@ def test_tls_accepts_pem_bytes(tls_server: RunningServer, tls_files: TlsFiles) -
         assert client.info().checkpoint_id == CHECKPOINT_ID
 
 
+def test_tls_server_name_checked(tls_server: RunningServer, tls_files: TlsFiles) -> None:
+    address = f"127.0.0.1:{tls_server.port}"
+    with Client(address, timeout=CALL_TIMEOUT_S, root_certificates=tls_files.ca, server_name="localhost") as client:
+        assert client.info().checkpoint_id == CHECKPOINT_ID
+    with Client(address, timeout=10, retry=NO_RETRIES, root_certificates=tls_files.ca, server_name="other.example") as client:
+        with pytest.raises(ArchadaptError) as caught:
+            client.info()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_tls_rejects_plaintext_client(tls_server: RunningServer) -> None:
     with Client(f"127.0.0.1:{tls_server.port}", timeout=10, retry=NO_RETRIES) as client:
         with pytest.raises(ArchadaptError) as caught:
