@@ -141,7 +141,7 @@ def test_triton_config_matches_onnx(adapted: dict) -> None:
     assert config.output[0].label_filename == "labels.txt"
 
 
-def test_triton_refuses_existing_version(adapted: dict) -> None:
+def test_triton_rejects_existing_version(adapted: dict) -> None:
     entry = Path(adapted["triton_model"])
     with pytest.raises(TritonExportError, match="already exists"):
         write_triton_model(Path(adapted["model"]), entry.parent, entry.name)

@@ -73,12 +73,12 @@ def test_node_client_sends_token(node_modules: Path, token_server: RunningServer
     token_file.write_text(TOKEN + "\n")
 
     accepted = run_script("--server", f"127.0.0.1:{token_server.port}", "--token-file", str(token_file))
-    refused = run_script("--server", f"127.0.0.1:{token_server.port}")
+    rejected = run_script("--server", f"127.0.0.1:{token_server.port}")
 
     assert accepted.returncode == 0, accepted.stderr
     assert json.loads(accepted.stdout)["server_info"]["checkpoint_id"] == CHECKPOINT_ID
-    assert refused.returncode == 1
-    assert "error: UNAUTHENTICATED" in refused.stderr
+    assert rejected.returncode == 1
+    assert "error: UNAUTHENTICATED" in rejected.stderr
 
 
 def test_node_client_reports_unreachable_server(node_modules: Path) -> None:

@@ -174,14 +174,14 @@ def test_token_accepted(token_server: RunningServer, token: str) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token", TOKEN + "x", TOKEN[:-1]], ids=["missing", "wrong", "longer", "prefix"])
-def test_token_refused(token_server: RunningServer, token: str | None) -> None:
+def test_token_rejected(token_server: RunningServer, token: str | None) -> None:
     with Client(f"127.0.0.1:{token_server.port}", timeout=CALL_TIMEOUT_S, token=token) as client:
         with pytest.raises(ArchadaptError) as caught:
             client.info()
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_token_refused_on_adapt_stream(token_server: RunningServer) -> None:
+def test_token_rejected_on_adapt_stream(token_server: RunningServer) -> None:
     with Client(f"127.0.0.1:{token_server.port}", timeout=CALL_TIMEOUT_S, token="wrong-token") as client:
         with pytest.raises(ArchadaptError) as caught:
             client.adapt(noise_images(6), [0, 0, 0, 1, 1, 1], inner_steps=1, finetune_steps=2)
@@ -194,7 +194,7 @@ def test_token_refused_on_adapt_stream(token_server: RunningServer) -> None:
     [(("authorization", f"Basic {TOKEN}"),), (("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {TOKEN}"))],
     ids=["basic-scheme", "two-headers"],
 )
-def test_malformed_authorization_refused(token_server: RunningServer, metadata: tuple[tuple[str, str], ...]) -> None:
+def test_malformed_authorization_rejected(token_server: RunningServer, metadata: tuple[tuple[str, str], ...]) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{token_server.port}") as channel:
         with pytest.raises(grpc.RpcError) as caught:
             pb_grpc.AdaptationStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=10, metadata=metadata)
