@@ -270,3 +270,16 @@ def test_idx_bad_magic_error(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match=r"is not an IDX file: the magic number is 01020304"):
         load_idx(tmp_path / "images.idx", tmp_path / "labels.idx")
+
+
+def test_image_folder_reports_progress(tmp_path: Path) -> None:
+    for class_name, count in (("cat", 2), ("dog", 3)):
+        (tmp_path / class_name).mkdir()
+        for index in range(count):
+            Image.fromarray(np.full((4, 4), index, np.uint8)).save(tmp_path / class_name / f"{index}.png")
+    calls: list[tuple[int, int]] = []
+
+    dataset = load_dataset(tmp_path, on_image=lambda loaded, total: calls.append((loaded, total)))
+
+    assert len(dataset) == 5
+    assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

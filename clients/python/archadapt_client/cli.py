@@ -311,7 +311,13 @@ def run_adapt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
             "for an IDX image file, also pass its label file with --labels"
         )
     else:
-        dataset = load_dataset(args.data)
+        with tqdm(desc="load", unit="image", file=stderr, disable=args.no_progress, leave=False) as bar:
+
+            def show_loaded(loaded: int, total: int) -> None:
+                bar.total = total
+                bar.update(loaded - bar.n)
+
+            dataset = load_dataset(args.data, on_image=show_loaded)
     logger.info("loaded %d images from %s", len(dataset), args.data)
     triton_name = args.triton_name or args.out.stem
     if args.triton_repo is not None:

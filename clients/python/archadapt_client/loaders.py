@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,18 +54,19 @@ class Dataset:
         return len(self.labels)
 
 
-def load_dataset(path: PathLike) -> Dataset:
+def load_dataset(path: PathLike, on_image: Callable[[int, int], None] | None = None) -> Dataset:
     """Load a dataset from a class-folder directory or an ``.npz`` file.
 
     A directory must contain one sub-folder per class (see
-    load_image_folder). A file must end in ``.npz`` (see load_npz). IDX
-    files come in pairs, so they are loaded with load_idx instead.
+    load_image_folder, which calls ``on_image``). A file must end in
+    ``.npz`` (see load_npz). IDX files come in pairs, so they are loaded
+    with load_idx instead.
     """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist")
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, on_image)
     if path.suffix.lower() == ".npz":
         return load_npz(path)
     raise DatasetError(
@@ -75,13 +76,14 @@ def load_dataset(path: PathLike) -> Dataset:
     )
 
 
-def load_image_folder(path: PathLike) -> Dataset:
+def load_image_folder(path: PathLike, on_image: Callable[[int, int], None] | None = None) -> Dataset:
     """Load a directory that contains one sub-folder of images per class.
 
     Class names are the sorted sub-folder names, and label c is the c-th
     name. Files with the extensions in IMAGE_FILE_EXTENSIONS are read with
     Pillow (see read_image_file) in sorted order. Hidden entries (names
-    starting with ".") and other files are skipped.
+    starting with ".") and other files are skipped. ``on_image(loaded,
+    total)`` is called after each image is read, e.g. to draw a progress bar.
 
     Raises DatasetError when there is no class sub-folder, when a class
     sub-folder contains no image, or when an image cannot be decoded.
@@ -99,9 +101,8 @@ def load_image_folder(path: PathLike) -> Dataset:
             f"with {_extension_list()} files, e.g. {root / 'cat' / '0001.png'}"
         )
 
-    images: list[NDArray[Any]] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
+    files_per_class: list[list[Path]] = []
+    for class_dir in class_dirs:
         files = sorted(
             entry
             for entry in class_dir.iterdir()
@@ -113,9 +114,17 @@ def load_image_folder(path: PathLike) -> Dataset:
             raise DatasetError(
                 f"class folder {class_dir} contains no images; allowed extensions are {_extension_list()}"
             )
+        files_per_class.append(files)
+
+    total = sum(len(files) for files in files_per_class)
+    images: list[NDArray[Any]] = []
+    labels: list[int] = []
+    for label, (class_dir, files) in enumerate(zip(class_dirs, files_per_class)):
         for file in files:
             images.append(read_image_file(file))
             labels.append(label)
+            if on_image is not None:
+                on_image(len(images), total)
         logger.debug("loaded %d images of class %r from %s", len(files), class_dir.name, class_dir)
 
     return Dataset(images=images, labels=np.asarray(labels, dtype=np.int64), class_names=[d.name for d in class_dirs])
