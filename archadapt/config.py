@@ -113,9 +113,15 @@ class FinetuneConfig:
     batch_size: int = 64
     augment: bool = True  # random shifts of up to 2 pixels
     horizontal_flip: bool = False  # random left-right mirroring; only for mirror-symmetric classes
+    lr_schedule: str = "constant"  # or "one_cycle": warm up to lr over 15% of the steps, then anneal
+    mixup_alpha: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 turns it off
+    ema_decay: float = 0.0  # exponential moving average of the weights, returned instead; 0 turns it off
 
     def __post_init__(self) -> None:
         check_range("finetune steps", self.steps, 0, 100_000)
+        check_choice("finetune lr_schedule", self.lr_schedule, ("constant", "one_cycle"))
+        check_range("finetune mixup_alpha", self.mixup_alpha, 0.0, 100.0)
+        check_range("finetune ema_decay", self.ema_decay, 0.0, 0.9999)
         check_range("finetune lr", self.lr, 0.0, 10.0)
         check_range("finetune weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("finetune batch_size", self.batch_size, 1, 100_000)
