@@ -500,3 +500,20 @@ def test_concurrent_submits_all_finish(client: Client, dataset_id: str) -> None:
     finished = [client.wait_for_job(job_id) for job_id in job_ids]
     assert [job.state for job in finished] == [pb.SUCCEEDED] * 8
     assert all(job.attempts == 1 for job in finished)
+
+
+def test_upload_50_mib_dataset_and_run(client: Client) -> None:
+    """A dataset of 53 MB, far above one 4 MiB chunk, uploads and adapts like a small one."""
+    rng = np.random.default_rng(50)
+    images = rng.integers(0, 256, size=(1080, 128, 128, 3), dtype=np.uint8)  # 49,152 bytes each
+    labels = [index % 4 for index in range(len(images))]
+    data = dataset_bytes(images, labels)
+    assert len(data) > 50 * 1024 * 1024
+
+    info = client.upload_dataset(images, labels)
+    assert info.dataset_id == hashlib.sha256(data).hexdigest()
+    assert (info.size_bytes, info.images, info.classes) == (len(data), 1080, 4)
+
+    job = client.wait_for_job(client.submit_job(info.dataset_id, seed=50, **QUICK).job_id)
+    assert job.state == pb.SUCCEEDED, job.error.message
+    assert job.result.metrics.support_examples + job.result.metrics.validation_examples == 1080
