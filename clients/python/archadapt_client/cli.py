@@ -15,6 +15,7 @@ from tqdm import tqdm
 from archadapt_client import __version__
 from archadapt_client.client import AdaptResult, Client, ProgressUpdate
 from archadapt_client.errors import ArchadaptError
+from archadapt_client.jobs_cli import JOB_COMMANDS, add_job_commands, run_job_command
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
 from archadapt_client.v1 import archadapt_pb2
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the input spec, search space, request limits and versions of the server.",
     )
     _add_server_arguments(info)
+    add_job_commands(commands, _add_server_arguments)
     return parser
 
 
@@ -309,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_adapt(args, sys.stdout, sys.stderr)
         elif args.command == "predict":
             run_predict(args, sys.stdout)
+        elif args.command in JOB_COMMANDS:
+            if not run_job_command(args, sys.stdout):
+                return EXIT_FAILURE
         else:
             run_info(args, sys.stdout)
     except (ArchadaptError, ValueError, OSError, ImportError) as error:
