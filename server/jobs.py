@@ -28,6 +28,7 @@ from archadapt.errors import AdaptationCancelled
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.errors import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, ResourceExhausted, ShuttingDown
 from server.job_store import JobRecord, JobStore
+from server.interrupt import ComputeSection
 from server.metrics import ServerMetrics
 from server.request_decoding import InvalidRequest, RequestLimits, decode_request
 from server.status import status_proto_for
@@ -44,6 +45,8 @@ DEFAULT_PAGE_SIZE = 100
 # checkpoint's models measure about 0.2 MiB, so this errs on the safe side.
 DEFAULT_MODEL_BYTES_ESTIMATE = 1024 * 1024
 DEFAULT_RUN_SECONDS_ESTIMATE = 60.0
+# Seconds a running job gets to stop at its own next step before its worker is interrupted.
+INTERRUPT_GRACE_SECONDS = 0.3
 PHASES = {
     "validate": pb.PHASE_VALIDATE,
     "adapt": pb.PHASE_ADAPT,
@@ -109,6 +112,7 @@ class JobManager:
         self._cancel_requests: dict[str, threading.Event] = {}
         self._decoded: dict[str, TaskData] = {}  # datasets decoded at submit, reused by the run
         self._threads: list[threading.Thread] = []
+        self._sections: dict[str, ComputeSection] = {}  # job id -> the section that computes it
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -136,6 +140,8 @@ class JobManager:
         self._accepting = False
         self._stopping.set()
         self._notify()
+        for job_id in list(self._sections):
+            self._interrupt_later(job_id)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -361,6 +367,7 @@ class JobManager:
                 logger.info("job %s: cancelled while queued (%s)", job_id, reason)
             elif job.state == pb.RUNNING:
                 self._cancel_requests.setdefault(job_id, threading.Event()).set()
+                self._interrupt_later(job_id)
                 logger.info("job %s: cancellation requested (%s)", job_id, reason)
             self._generation += 1
             self._changed.notify_all()
@@ -423,9 +430,21 @@ class JobManager:
                 yield pb.ModelChunk(offset=offset, data=data, total_bytes=total)
                 offset += len(data)
 
+    def _interrupt_later(self, job_id: str) -> None:
+        """Interrupt the job's worker unless the job stops at its own next step within the grace period."""
+        timer = threading.Timer(INTERRUPT_GRACE_SECONDS, self._interrupt, args=(job_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _interrupt(self, job_id: str) -> None:
+        section = self._sections.get(job_id)
+        if section is not None and section.interrupt(job_id, AdaptationCancelled):
+            logger.info("job %s: interrupted its worker, which had not stopped at a step within %.1f s", job_id, INTERRUPT_GRACE_SECONDS)
+
     # -- workers -------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        section = ComputeSection()
         while not self._stopping.is_set():
             with self._changed:
                 job = None if self._stopping.is_set() else self.store.claim_next_job()
@@ -435,7 +454,7 @@ class JobManager:
                 self._generation += 1
                 self._changed.notify_all()
             try:
-                self._run(job)
+                self._run(job, section)
             except Exception:  # a failure to record the outcome; the next start retries the job
                 logger.exception("job %s: could not record the outcome", job.job_id)
             finally:
@@ -443,7 +462,7 @@ class JobManager:
                 self._decoded.pop(job.job_id, None)
                 self._notify()
 
-    def _run(self, job: JobRecord) -> None:
+    def _run(self, job: JobRecord, section: ComputeSection) -> None:
         job_id = job.job_id
         cancel_request = self._cancel_requests.setdefault(job_id, threading.Event())
         started = time.monotonic()
@@ -463,19 +482,29 @@ class JobManager:
             self.store.append_progress(job_id, progress)
             self._notify()
 
+        self._sections[job_id] = section
+        deadline_timer = None
+        if job.deadline_time:
+            delay = max(0.0, job.deadline_time - time.time()) + INTERRUPT_GRACE_SECONDS
+            deadline_timer = threading.Timer(delay, self._interrupt, args=(job_id,))
+            deadline_timer.daemon = True
+            deadline_timer.start()
         try:
-            decode_started = time.perf_counter()
-            data = self._decoded.pop(job_id, None)
-            if data is None:
-                data = decode_request(parse_dataset(self.store.read_dataset(job.dataset_id), "dataset"), self.checkpoint.spec, self.limits)
-            config = serving_config(self.config, job.options)
-            on_progress("validate", 1, 1, 0.0)
-            decode_seconds = time.perf_counter() - decode_started
-            result = adapt_task(
-                self.checkpoint, data, config, seed=job.options.seed, device=self.device,
-                on_progress=on_progress, should_stop=should_stop,
-            )
-            result.timings["validate"] = result.timings.get("validate", 0.0) + decode_seconds
+            with section.running(job_id):
+                if should_stop():  # cancelled or interrupted before the section began
+                    raise AdaptationCancelled("stopped before the job began")
+                decode_started = time.perf_counter()
+                data = self._decoded.pop(job_id, None)
+                if data is None:
+                    data = decode_request(parse_dataset(self.store.read_dataset(job.dataset_id), "dataset"), self.checkpoint.spec, self.limits)
+                config = serving_config(self.config, job.options)
+                on_progress("validate", 1, 1, 0.0)
+                decode_seconds = time.perf_counter() - decode_started
+                result = adapt_task(
+                    self.checkpoint, data, config, seed=job.options.seed, device=self.device,
+                    on_progress=on_progress, should_stop=should_stop,
+                )
+                result.timings["validate"] = result.timings.get("validate", 0.0) + decode_seconds
         except AdaptationCancelled as stopped:
             phases.close()
             self._finish_stopped(job, cancel_request, stopped, time.monotonic() - started)
@@ -495,9 +524,14 @@ class JobManager:
         else:
             phases.close()
             self._finish_succeeded(job, result, time.monotonic() - started)
+        finally:
+            self._sections.pop(job_id, None)
+            if deadline_timer is not None:
+                deadline_timer.cancel()
 
-    def _finish_stopped(self, job: JobRecord, cancel_request: threading.Event, stopped: AdaptationCancelled, seconds: float) -> None:
+    def _finish_stopped(self, job: JobRecord, cancel_request: threading.Event, error: AdaptationCancelled, seconds: float) -> None:
         job_id = job.job_id
+        stopped = str(error) or "interrupted in the middle of a step"
         if cancel_request.is_set():
             self.store.finish_job(
                 job_id, pb.CANCELLED, "cancelled", self.job_limits.result_ttl_seconds,
