@@ -7,7 +7,9 @@ cancellation lands within a fraction of a second there too.
 
 CPython delivers such an exception at the worker's next bytecode boundary, never inside a C or
 C++ call, so torch kernels finish their current operation first. Context managers and finally
-blocks of the interrupted code run as the exception unwinds.
+blocks of the interrupted code run as the exception unwinds. The exception derives from
+BaseException because library code catches Exception broadly: torch's ONNX exporter (2.13) logs
+and drops every Exception raised while it looks up an operator's overload.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
+
+
+class WorkerInterrupted(BaseException):
+    """Raised inside a worker thread whose job was cancelled while it computed."""
 
 
 def _set_async_exception(thread_id: int, exception_type: type[BaseException] | None) -> int:
@@ -48,7 +54,10 @@ class ComputeSection:
                 # An exception made pending just before the section ended must not reach later code.
                 _set_async_exception(threading.get_ident(), None)
 
-    def interrupt(self, job_id: str, exception_type: type[BaseException]) -> bool:
+    def is_running(self, job_id: str) -> bool:
+        return self._job_id == job_id
+
+    def interrupt(self, job_id: str, exception_type: type[BaseException] = WorkerInterrupted) -> bool:
         """Raise `exception_type` in the worker if it still computes `job_id`; return whether it did."""
         with self._lock:
             if self._job_id != job_id or self._thread_id is None:

@@ -28,7 +28,7 @@ from archadapt.errors import AdaptationCancelled
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.errors import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, ResourceExhausted, ShuttingDown
 from server.job_store import JobRecord, JobStore
-from server.interrupt import ComputeSection
+from server.interrupt import ComputeSection, WorkerInterrupted
 from server.metrics import ServerMetrics
 from server.request_decoding import InvalidRequest, RequestLimits, decode_request
 from server.status import status_proto_for
@@ -47,6 +47,8 @@ DEFAULT_MODEL_BYTES_ESTIMATE = 1024 * 1024
 DEFAULT_RUN_SECONDS_ESTIMATE = 60.0
 # Seconds a running job gets to stop at its own next step before its worker is interrupted.
 INTERRUPT_GRACE_SECONDS = 0.3
+INTERRUPT_REPEAT_SECONDS = 0.2
+INTERRUPT_REPEATS = 50
 PHASES = {
     "validate": pb.PHASE_VALIDATE,
     "adapt": pb.PHASE_ADAPT,
@@ -437,9 +439,17 @@ class JobManager:
         timer.start()
 
     def _interrupt(self, job_id: str) -> None:
+        """Interrupt the job's worker, again every INTERRUPT_REPEAT_SECONDS while it keeps computing the job."""
         section = self._sections.get(job_id)
-        if section is not None and section.interrupt(job_id, AdaptationCancelled):
-            logger.info("job %s: interrupted its worker, which had not stopped at a step within %.1f s", job_id, INTERRUPT_GRACE_SECONDS)
+        if section is None or not section.interrupt(job_id):
+            return
+        logger.info("job %s: interrupted its worker, which had not stopped at a step within %.1f s", job_id, INTERRUPT_GRACE_SECONDS)
+        # Code that catches BaseException can swallow one interruption, so repeat it.
+        for _ in range(INTERRUPT_REPEATS):
+            time.sleep(INTERRUPT_REPEAT_SECONDS)
+            if not section.interrupt(job_id):
+                return
+        logger.error("job %s: the worker kept computing after %d interruptions", job_id, INTERRUPT_REPEATS + 1)
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -505,7 +515,7 @@ class JobManager:
                     on_progress=on_progress, should_stop=should_stop,
                 )
                 result.timings["validate"] = result.timings.get("validate", 0.0) + decode_seconds
-        except AdaptationCancelled as stopped:
+        except (AdaptationCancelled, WorkerInterrupted) as stopped:
             phases.close()
             self._finish_stopped(job, cancel_request, stopped, time.monotonic() - started)
         except Exception as error:
@@ -529,7 +539,7 @@ class JobManager:
             if deadline_timer is not None:
                 deadline_timer.cancel()
 
-    def _finish_stopped(self, job: JobRecord, cancel_request: threading.Event, error: AdaptationCancelled, seconds: float) -> None:
+    def _finish_stopped(self, job: JobRecord, cancel_request: threading.Event, error: BaseException, seconds: float) -> None:
         job_id = job.job_id
         stopped = str(error) or "interrupted in the middle of a step"
         if cancel_request.is_set():

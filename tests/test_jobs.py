@@ -25,13 +25,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint
-from archadapt.errors import AdaptationCancelled
 from archadapt_client import ArchadaptError, Client
 from archadapt_client.client import dataset_bytes
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from server.app import RunningServer, create_server
-from server.interrupt import ComputeSection
+from server.interrupt import ComputeSection, WorkerInterrupted
 from server.job_store import DATABASE_FILE
 from server.jobs import JobLimits
 from server.request_decoding import RequestLimits
@@ -549,15 +548,15 @@ def test_compute_section_interrupts_busy_thread() -> None:
                 entered.set()
                 while True:  # pure Python, no cancellation check
                     pass
-        except AdaptationCancelled:
+        except WorkerInterrupted:
             outcome.append("interrupted")
 
     worker = threading.Thread(target=busy, daemon=True)
     worker.start()
     assert entered.wait(10)
-    assert not section.interrupt("job-b", AdaptationCancelled)  # another job: left alone
-    assert section.interrupt("job-a", AdaptationCancelled)
+    assert not section.interrupt("job-b")  # another job: left alone
+    assert section.interrupt("job-a")
     worker.join(30)
     assert not worker.is_alive()
     assert outcome == ["interrupted"]
-    assert not section.interrupt("job-a", AdaptationCancelled)  # the section has ended
+    assert not section.interrupt("job-a")  # the section has ended
