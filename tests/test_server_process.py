@@ -3,10 +3,12 @@ the middle of a job, each followed by a restart on the same data directory."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from archadapt.checkpoint import TENSORS_FILE
 from archadapt_client import Client
 from archadapt_client.v1 import archadapt_pb2 as pb
 
@@ -91,6 +94,11 @@ def wait_for_finetuning(client: Client, job_id: str) -> None:
     pytest.fail(f"job {job_id} finished without a fine-tuning step")
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def state_changes(client: Client, job_id: str) -> list[int]:
     events = list(client.watch_job(job_id))
     assert [event.index for event in events] == list(range(len(events)))
@@ -129,18 +137,42 @@ def test_sigkill_mid_job_loses_nothing(checkpoint_dir: Path, tmp_path: Path, pro
         after = client.wait_for_job(queued.job_id)
         assert after.state == pb.SUCCEEDED
         assert after.attempts == 1
-    assert "queued again after a server stop or crash" in second.output()
+    output = second.output()
+    assert "queued again after a server stop or crash" in output
+    # Logs name the job in every line about it: phases with durations, and the outcome.
+    assert f"job {running.job_id}: phase finetune started" in output
+    assert f"job {running.job_id}: phase finetune ended after " in output
+    assert f"job {running.job_id}: succeeded in " in output
+
+
+def test_checkpoint_with_missing_file_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
+    altered = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint_dir, altered)
+    (altered / TENSORS_FILE).unlink()
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", "--checkpoint", str(altered), "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=START_TIMEOUT_S, cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 2
+    assert f"checkpoint file {altered / TENSORS_FILE} is listed in the manifest but missing" in completed.stderr
 
 
 def test_sigterm_keeps_running_job_for_next_start(checkpoint_dir: Path, tmp_path: Path, processes: list[ServerProcess]) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
-    first = start_server(checkpoint_dir, data_dir, log, "--shutdown-grace", "2")
+    metrics_port_file = tmp_path / "metrics.port"
+    first = start_server(
+        checkpoint_dir, data_dir, log, "--shutdown-grace", "2", "--metrics-port", "0", "--metrics-port-file", str(metrics_port_file)
+    )
     processes.append(first)
     with Client(first.address, timeout=60) as client:
         dataset = client.upload_dataset(*noise_dataset(2)).dataset_id
         running = client.submit_job(dataset, seed=4, **LONG)
         queued = client.submit_job(dataset, seed=5, **QUICK)
         wait_for(client, running.job_id, lambda job: job.state == pb.RUNNING)
+        metrics = scrape(int(metrics_port_file.read_text()))
+        assert "archadapt_running_jobs 1.0" in metrics
+        assert "archadapt_queued_jobs 1.0" in metrics
 
     first.process.send_signal(signal.SIGTERM)
     assert first.process.wait(timeout=60) == 0, first.output()
