@@ -70,7 +70,7 @@ def create_server(
     """Build and start a server on `address` ("host:port", port 0 picks a free one).
 
     Jobs, datasets and models live in `data_dir`; without one, a temporary directory is used
-    and deleted at stop. Each streaming call (Adapt, WatchJob) holds one of the `max_workers`
+    and deleted at stop. Each streaming call (Adapt, WatchJob) uses one of the `max_workers`
     threads while it is open. `metrics_address` (host, port) serves Prometheus metrics over HTTP.
     """
     temporary = None

@@ -108,7 +108,7 @@ class JobManager:
 
         self._accepting = True
         self._stopping = threading.Event()
-        # Guards claims and cancellations; its notify wakes workers and watchers.
+        # Guards claims and cancellations. Its notify_all wakes workers and watchers.
         self._changed = threading.Condition()
         self._generation = 0  # increases with every event, so watchers never miss a wake-up
         self._cancel_requests: dict[str, threading.Event] = {}
@@ -271,7 +271,7 @@ class JobManager:
         queued = self.store.count_jobs(pb.QUEUED)
         if queued >= self.job_limits.max_queued_jobs:
             raise ResourceExhausted(
-                f"the queue holds {queued} jobs, the most it accepts (max_queued_jobs={self.job_limits.max_queued_jobs}); retry later",
+                f"the queue is full with {queued} jobs (max_queued_jobs={self.job_limits.max_queued_jobs}); retry after the delay in the RetryInfo detail",
                 retry_after=self._estimated_slot_seconds(),
             )
         if self.job_limits.max_disk_bytes:
@@ -283,11 +283,12 @@ class JobManager:
             self.store.add_dataset_bytes(dataset_bytes, data.labels.numel(), data.num_classes)
         deadlines = [d for d in (deadline_seconds, call_deadline_seconds) if d]
         deadline_time = time.time() + min(deadlines) if deadlines else 0.0
-        job, created = self.store.create_job(dataset_id, options, key, deadline_time)
+        with self._changed:  # no worker claims the job before its decoded dataset is in place
+            job, created = self.store.create_job(dataset_id, options, key, deadline_time)
+            if created and data is not None:
+                self._decoded[job.job_id] = data
         if not created:  # a concurrent submit with the same key won
             return self._match_idempotent(job, dataset_id, options)
-        if data is not None:
-            self._decoded[job.job_id] = data
         logger.info(
             "job %s: queued (dataset %s, seed %d, inner_steps %d, finetune_steps %d%s)",
             job.job_id, dataset_id, options.seed, options.inner_steps, options.finetune_steps,

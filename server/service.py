@@ -124,7 +124,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         for chunk in self.jobs.read_model(job_id, 0):
             yield pb.AdaptEvent(model_chunk=chunk)
         yield pb.AdaptEvent(result=job.result)
-        logger.info("Adapt job %s: answered in %.2f s", job_id, time.perf_counter() - received)
+        logger.info("Adapt job %s: sent its model and result %.2f s after the request", job_id, time.perf_counter() - received)
 
     @rpc
     def UploadDataset(self, request_iterator: Iterator[pb.DatasetChunk], context: grpc.ServicerContext) -> pb.DatasetInfo:

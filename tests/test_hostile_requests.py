@@ -1,7 +1,7 @@
 """A corpus of malformed and hostile requests against a real server on loopback.
 
 Each case sends one bad request to one RPC and expects one status code. After every case the
-server must still answer GetServerInfo and report SERVING, and at the end it must still run a
+server must still return GetServerInfo and report SERVING, and at the end it must still run a
 job to success. The server's limits are set low (50 images, 10 classes, 2 MiB messages), so
 oversized requests stay cheap to build.
 """
@@ -217,7 +217,7 @@ def hostile_cases() -> list[tuple[str, Callable[[Target], object], grpc.StatusCo
         ("raw-float-negative-infinity", call_adapt(adapt_request(images_with(0, raw(negative_infinity)))), INVALID, "NaN or infinite"),
         # Messages the server cannot or will not read
         ("adapt-oversized-message", call_adapt(oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
-        # gRPC Python answers a request it cannot parse with INTERNAL before any handler runs.
+        # gRPC Python rejects a request it cannot parse with INTERNAL before any handler runs.
         ("adapt-truncated-protobuf", call_raw("Adapt", b"\x0a\xff\xff\xff\xff\x0f", streaming=True), grpc.StatusCode.INTERNAL, ""),
         # A known field with another wire type parses as an unknown field, so job_id stays empty.
         ("get-job-wrong-wire-type", call_raw("GetJob", b"\x0d\x01\x02\x03\x04"), INVALID, "job_id"),
@@ -267,7 +267,7 @@ def test_corpus_is_large() -> None:
     assert len({case[0] for case in HOSTILE_CASES}) == len(HOSTILE_CASES)
 
 
-def assert_server_answers(target: Target) -> None:
+def assert_server_serves(target: Target) -> None:
     info = target.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30)
     assert info.limits == LIMITS.to_proto()
     health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
@@ -280,14 +280,14 @@ def test_hostile_request_rejected(target: Target, call: Callable[[Target], objec
         call(target)
     assert caught.value.code() == code, caught.value.details()
     assert text in (caught.value.details() or "")
-    assert_server_answers(target)
+    assert_server_serves(target)
 
 
 def test_server_still_adapts_after_corpus(target: Target, tmp_path: Path) -> None:
     for _, call, _, _ in HOSTILE_CASES:
         with pytest.raises(grpc.RpcError):
             call(target)
-    assert_server_answers(target)
+    assert_server_serves(target)
     with Client(f"127.0.0.1:{target.server.port}", timeout=120) as client:
         result = client.adapt(np.stack([noise(i) for i in range(6)]), [0, 0, 0, 1, 1, 1], inner_steps=1, finetune_steps=2)
     assert result.metrics.support_examples == 6

@@ -1,9 +1,9 @@
 """Jobs against a real in-process server on loopback: submit, watch, reattach, cancel, list,
 download, idempotency, deadlines, uploads, admission limits, expiry, metrics and draining.
 
-Jobs use the tiny checkpoint with one inner step and two fine-tuning steps, so each takes about
-a second. A job that must still be running when the test acts gets 10,000 fine-tuning steps and
-is cancelled; no test waits for such a job to finish.
+Jobs use the tiny checkpoint with one inner step and two fine-tuning steps, so each takes a few
+seconds, most of them in the ONNX export. A job that must still be running when the test acts
+gets 10,000 fine-tuning steps. Each such job is cancelled, and no test waits for it to finish.
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def test_decoding_returns_dataset_or_invalid_request(request: pb.AdaptRequest) -
 
     assert data.images.shape == (len(request.images), SPEC.channels, SPEC.height, SPEC.width)
     assert data.images.dtype == torch.float32
-    assert float(data.images.min()) >= 0.0 and float(data.images.max()) <= 1.0
+    assert float(data.images.min()) >= 0.0
+    assert float(data.images.max()) <= 1.0
     assert data.labels.tolist() == list(request.labels)
     assert 2 <= data.num_classes <= LIMITS.max_classes
 

@@ -414,7 +414,7 @@ class Client:
         """Download the ONNX model of a SUCCEEDED job, check its size and SHA-256, and return it.
 
         With ``path`` the model is also written there, through a temporary file and a rename,
-        so the path never holds a partial model. A download that breaks with UNAVAILABLE
+        so the path never contains a partial model. A download that breaks with UNAVAILABLE
         resumes at the byte where it stopped, up to ``reconnects`` times.
         """
         job = self.get_job(job_id)
