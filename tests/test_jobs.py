@@ -560,3 +560,30 @@ def test_compute_section_interrupts_busy_thread() -> None:
     assert not worker.is_alive()
     assert outcome == ["interrupted"]
     assert not section.interrupt("job-a")  # the section has ended
+
+
+def test_watch_survives_server_restart(checkpoint: Checkpoint, tmp_path: Path) -> None:
+    """A watch reattaches to the next server on the same address and misses no event."""
+    data_dir = tmp_path / "data"
+    first = start(checkpoint, data_dir)
+    address = f"127.0.0.1:{first.port}"
+    events: list[pb.JobEvent] = []
+    restarted: list[RunningServer] = []
+    try:
+        with Client(address, timeout=CALL_TIMEOUT_S) as client:
+            dataset = client.upload_dataset(*noise_dataset(70)).dataset_id
+            job = client.submit_job(dataset, **SLOW)
+            for event in client.watch_job(job.job_id, reconnects=50, reconnect_delay=0.2):
+                events.append(event)
+                in_finetuning = event.WhichOneof("event") == "progress" and event.progress.phase == pb.PHASE_FINETUNE
+                if in_finetuning and not restarted:
+                    first.stop(grace=0.5)
+                    restarted.append(create_server(address, checkpoint, torch.device("cpu"), data_dir=data_dir))
+                if event.WhichOneof("event") == "state_change" and event.state_change.state == pb.RUNNING and len(restarted) == 1 and event.index > 2:
+                    client.cancel_job(job.job_id)  # the second run: stop it rather than wait 10,000 steps
+    finally:
+        for server in restarted:
+            server.stop(grace=0.5)
+
+    assert [event.index for event in events] == list(range(len(events)))
+    assert state_changes(events) == [pb.QUEUED, pb.RUNNING, pb.QUEUED, pb.RUNNING, pb.CANCELLED]
