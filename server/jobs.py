@@ -7,7 +7,6 @@ resumes every job that was queued or running.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
 from archadapt.adaptation import AdaptationResult, ServingConfig, TaskData, adapt_task
@@ -27,6 +25,7 @@ from archadapt.checkpoint import Checkpoint
 from archadapt.errors import AdaptationCancelled
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.errors import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, ResourceExhausted, ShuttingDown
+from server.job_messages import PHASES, check_job_id, check_options, parse_dataset, result_proto, serving_config
 from server.job_store import JobRecord, JobStore
 from server.interrupt import ComputeSection, WorkerInterrupted
 from server.metrics import ServerMetrics
@@ -37,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024  # ModelChunk size limit of the contract
 MAX_UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024  # DatasetChunk size limit of the contract
-MAX_STEPS = 10_000  # upper bound on inner_steps and finetune_steps of a request
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -49,16 +47,7 @@ DEFAULT_RUN_SECONDS_ESTIMATE = 60.0
 INTERRUPT_GRACE_SECONDS = 0.3
 INTERRUPT_REPEAT_SECONDS = 0.2
 INTERRUPT_REPEATS = 50
-PHASES = {
-    "validate": pb.PHASE_VALIDATE,
-    "adapt": pb.PHASE_ADAPT,
-    "derive": pb.PHASE_DERIVE,
-    "finetune": pb.PHASE_FINETUNE,
-    "evaluate": pb.PHASE_EVALUATE,
-    "export": pb.PHASE_EXPORT,
-}
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-_DATASET_ID = re.compile(r"[0-9a-f]{64}")
+DATASET_ID = re.compile(r"[0-9a-f]{64}")  # a SHA-256 in lowercase hex
 
 
 @dataclass(frozen=True)
@@ -223,7 +212,7 @@ class JobManager:
         source = request.WhichOneof("dataset")
         if source is None:
             violations.append(("dataset", "the request names no dataset; set dataset_id or inline_dataset"))
-        elif source == "dataset_id" and not _DATASET_ID.fullmatch(request.dataset_id):
+        elif source == "dataset_id" and not DATASET_ID.fullmatch(request.dataset_id):
             violations.append(("dataset_id", f"dataset_id {request.dataset_id[:80]!r} is not 64 lowercase hex digits (a SHA-256)"))
         if violations:
             raise InvalidRequest(violations)
@@ -612,69 +601,3 @@ class PhaseLog:
         if self.phase is not None:
             logger.info("job %s: phase %s ended after %.2f s", self.job_id, self.phase, time.perf_counter() - self.started)
             self.phase = None
-
-
-def check_job_id(job_id: str) -> None:
-    if not _JOB_ID.fullmatch(job_id):
-        raise InvalidRequest([("job_id", f"job_id {job_id[:80]!r} is not a job id; job ids are 32 lowercase hex digits")])
-
-
-def parse_dataset(data: bytes, field: str) -> pb.AdaptRequest:
-    """Parse serialized Dataset bytes as an AdaptRequest without options, ready for decode_request."""
-    request = pb.AdaptRequest()
-    try:
-        request.ParseFromString(data)
-    except DecodeError as error:
-        raise InvalidRequest([(field, f"the {len(data)} bytes are not a serialized archadapt.v1.Dataset message: {error}")]) from None
-    request.ClearField("options")
-    return request
-
-
-def check_options(options: pb.AdaptOptions) -> list[tuple[str, str]]:
-    violations = []
-    if options.inner_steps > MAX_STEPS:
-        violations.append(("options.inner_steps", f"inner_steps is {options.inner_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
-    if options.finetune_steps > MAX_STEPS:
-        violations.append(("options.finetune_steps", f"finetune_steps is {options.finetune_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
-    return violations
-
-
-def serving_config(config: ServingConfig, options: pb.AdaptOptions) -> ServingConfig:
-    """Return `config` with the step counts that the options set."""
-    inner, finetune = config.inner, config.finetune
-    if options.inner_steps:
-        inner = dataclasses.replace(inner, inner_steps=options.inner_steps)
-    if options.finetune_steps:
-        finetune = dataclasses.replace(finetune, steps=options.finetune_steps)
-    return dataclasses.replace(config, inner=inner, finetune=finetune)
-
-
-def result_proto(result: AdaptationResult, request_id: str, checkpoint: Checkpoint) -> pb.AdaptResult:
-    space = checkpoint.space
-    edge_probabilities = [
-        pb.EdgeProbabilities(
-            cell_type=cell_type, edge=edge.index, source=edge.source, target=edge.target,
-            probabilities=[float(p) for p in result.op_probs[cell_type][edge.index]],
-        )
-        for cell_type in ("normal", "reduce")
-        for edge in space.edges
-    ]
-    return pb.AdaptResult(
-        request_id=request_id,
-        genotype_json=result.genotype.to_json(),
-        edge_probabilities=edge_probabilities,
-        metrics=pb.Metrics(
-            support_examples=result.support_examples,
-            validation_examples=result.validation_examples,
-            validation_accuracy=result.validation_accuracy,
-            validation_loss=result.validation_loss,
-            onnx_max_abs_diff=result.onnx_max_abs_diff,
-        ),
-        timings=[pb.PhaseTiming(phase=PHASES[phase], seconds=seconds) for phase, seconds in result.timings.items()],
-        parameter_count=result.parameter_count,
-        multiply_accumulates=result.multiply_accumulates,
-        model_bytes=len(result.onnx_bytes),
-        model_sha256=hashlib.sha256(result.onnx_bytes).hexdigest(),
-        class_names=result.class_names,
-        checkpoint_id=checkpoint.checkpoint_id,
-    )

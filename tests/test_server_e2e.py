@@ -41,7 +41,7 @@ from PIL import Image
 import archadapt
 from archadapt.adaptation import PHASES, ServingConfig
 from archadapt.checkpoint import TENSORS_FILE, Checkpoint
-from archadapt.config import FinetuneConfig, InnerLoopConfig
+from archadapt.config import FinetuneConfig
 from archadapt_client import ArchadaptError, Client, ProgressUpdate, load_dataset
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
