@@ -455,12 +455,25 @@ class JobManager:
                 self._changed.notify_all()
             try:
                 self._run(job, section)
-            except Exception:  # a failure to record the outcome; the next start retries the job
+            except Exception as error:  # recording the outcome failed, for example on a full disk
                 logger.exception("job %s: could not record the outcome", job.job_id)
+                self._fail_unrecorded(job.job_id, error)
             finally:
                 self._cancel_requests.pop(job.job_id, None)
                 self._decoded.pop(job.job_id, None)
                 self._notify()
+
+    def _fail_unrecorded(self, job_id: str, error: Exception) -> None:
+        """Mark a job FAILED after its outcome could not be stored; it stays RUNNING for the next start if even that fails."""
+        try:
+            self.store.finish_job(
+                job_id, pb.FAILED, "failed to record the outcome", self.job_limits.result_ttl_seconds,
+                error=pb.JobError(code=code_pb2.INTERNAL, message=f"the server could not store the job's outcome: {type(error).__name__}"),
+            )
+        except Exception:
+            logger.exception("job %s: could not mark the job FAILED either; the next start runs it again", job_id)
+            return
+        self._count_outcome("INTERNAL", 0.0)
 
     def _run(self, job: JobRecord, section: ComputeSection) -> None:
         job_id = job.job_id

@@ -587,3 +587,24 @@ def test_watch_survives_server_restart(checkpoint: Checkpoint, tmp_path: Path) -
 
     assert [event.index for event in events] == list(range(len(events)))
     assert state_changes(events) == [pb.QUEUED, pb.RUNNING, pb.QUEUED, pb.RUNNING, pb.CANCELLED]
+
+
+def test_unstorable_model_fails_job(checkpoint: Checkpoint, tmp_path: Path) -> None:
+    """A model that cannot be written ends its job FAILED with INTERNAL, and the server carries on."""
+    running = start(checkpoint, tmp_path / "data")
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=CALL_TIMEOUT_S) as client:
+            dataset = client.upload_dataset(*noise_dataset(80)).dataset_id
+            models_dir = running.store.models_dir
+            models_dir.rmdir()
+            models_dir.write_text("a file where the models directory belongs")  # blocks even root
+
+            failed = client.wait_for_job(client.submit_job(dataset, **QUICK).job_id)
+            assert failed.state == pb.FAILED
+            assert failed.error.code == code_pb2.INTERNAL
+
+            models_dir.unlink()
+            models_dir.mkdir()
+            assert client.wait_for_job(client.submit_job(dataset, seed=1, **QUICK).job_id).state == pb.SUCCEEDED
+    finally:
+        running.stop(grace=1.0)
