@@ -17,11 +17,11 @@ from grpc_reflection.v1alpha import reflection
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint
 from archadapt_client.v1 import archadapt_pb2 as pb
-from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from server.job_store import JobStore
 from server.jobs import JobLimits, JobManager
 from server.metrics import ServerMetrics
 from server.request_decoding import RequestLimits
+from server.request_parsing import add_adaptation_servicer
 from server.service import AdaptationService
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def create_server(
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options)
-    pb_grpc.add_AdaptationServicer_to_server(AdaptationService(jobs, metrics), server)
+    add_adaptation_servicer(AdaptationService(jobs, metrics), server, SERVICE_NAME)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import onnxruntime
 import torch
+from google.protobuf.message import Message
 
 import archadapt
 from archadapt.search_space import InputSpec
@@ -19,6 +20,8 @@ from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from server.errors import StoredJobFailure
 from server.jobs import JobManager
 from server.metrics import ServerMetrics
+from server.request_decoding import InvalidRequest
+from server.request_parsing import UnparsableRequest
 from server.status import status_for
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,15 @@ _CLIENT_CODES = frozenset({
 _NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
 
 
+def parsed(request: object) -> object:
+    """Return the request, raising InvalidRequest for an unparsable one; check each message of a request stream."""
+    if isinstance(request, UnparsableRequest):
+        raise InvalidRequest([("request", request.describe())])
+    if isinstance(request, Message):
+        return request
+    return (parsed(message) for message in request)  # a client stream
+
+
 def rpc(method: Callable) -> Callable:
     """Map every exception of an RPC handler to a status in one place, and count outcomes by code."""
     name = method.__name__
@@ -41,7 +53,7 @@ def rpc(method: Callable) -> Callable:
         @functools.wraps(method)
         def streaming(self: AdaptationService, request: object, context: grpc.ServicerContext) -> Iterator:
             try:
-                yield from method(self, request, context)
+                yield from method(self, parsed(request), context)
             except GeneratorExit:  # the client cancelled or the deadline passed
                 self._count(name, grpc.StatusCode.CANCELLED)
                 raise
@@ -55,7 +67,7 @@ def rpc(method: Callable) -> Callable:
     @functools.wraps(method)
     def unary(self: AdaptationService, request: object, context: grpc.ServicerContext) -> object:
         try:
-            response = method(self, request, context)
+            response = method(self, parsed(request), context)
         except Exception as error:
             self._abort(name, error, context)
         self._count(name, grpc.StatusCode.OK)

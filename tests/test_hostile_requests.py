@@ -152,6 +152,11 @@ def call_raw(method: str, payload: bytes, streaming: bool = False) -> Callable[[
     return send
 
 
+def call_raw_stream(method: str, payloads: list[bytes]) -> Callable[[Target], object]:
+    """Send `payloads` as the serialized messages of a client stream, bypassing the stubs' types."""
+    return lambda t: t.channel.stream_unary(f"/archadapt.v1.Adaptation/{method}")(iter(payloads), timeout=60)
+
+
 def with_job(build: Callable[[Target], Callable[[Target], object]]) -> Callable[[Target], object]:
     """A call that needs one of the target's job ids."""
     return lambda t: build(t)(t)
@@ -217,8 +222,10 @@ def hostile_cases() -> list[tuple[str, Callable[[Target], object], grpc.StatusCo
         ("raw-float-negative-infinity", call_adapt(adapt_request(images_with(0, raw(negative_infinity)))), INVALID, "NaN or infinite"),
         # Messages the server cannot or will not read
         ("adapt-oversized-message", call_adapt(oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
-        # gRPC Python rejects a request it cannot parse with INTERNAL before any handler runs.
-        ("adapt-truncated-protobuf", call_raw("Adapt", b"\x0a\xff\xff\xff\xff\x0f", streaming=True), grpc.StatusCode.INTERNAL, ""),
+        ("adapt-truncated-protobuf", call_raw("Adapt", b"\x0a\xff\xff\xff\xff\x0f", streaming=True), INVALID, "not a valid message"),
+        ("get-job-invalid-utf8", call_raw("GetJob", b"\x0a\x02\xff\xfe"), INVALID, "not a valid message"),
+        ("list-jobs-truncated-varint", call_raw("ListJobs", b"\x08\xff"), INVALID, "not a valid message"),
+        ("upload-chunk-truncated-protobuf", call_raw_stream("UploadDataset", [b"\x0a\x05ab"]), INVALID, "not a valid message"),
         # A known field with another wire type parses as an unknown field, so job_id stays empty.
         ("get-job-wrong-wire-type", call_raw("GetJob", b"\x0d\x01\x02\x03\x04"), INVALID, "job_id"),
         ("submit-wrong-message-type", call_raw("SubmitJob", pb.GetJobRequest(job_id="x" * 64).SerializeToString()), INVALID, "dataset_id"),
