@@ -54,9 +54,6 @@ class ComputeSection:
                 # An exception made pending just before the section ended must not reach later code.
                 _set_async_exception(threading.get_ident(), None)
 
-    def is_running(self, job_id: str) -> bool:
-        return self._job_id == job_id
-
     def interrupt(self, job_id: str, exception_type: type[BaseException] = WorkerInterrupted) -> bool:
         """Raise `exception_type` in the worker if it still computes `job_id`; return whether it did."""
         with self._lock:

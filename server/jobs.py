@@ -99,6 +99,7 @@ class JobManager:
         self._stopping = threading.Event()
         # Guards claims and cancellations. Its notify_all wakes workers and watchers.
         self._changed = threading.Condition()
+        self._admission = threading.Lock()
         self._generation = 0  # increases with every event, so watchers never miss a wake-up
         self._cancel_requests: dict[str, threading.Event] = {}
         self._decoded: dict[str, TaskData] = {}  # datasets decoded at submit, reused by the run
@@ -140,10 +141,6 @@ class JobManager:
         if alive:
             # Their jobs stay RUNNING in the store, and the next start requeues them.
             logger.warning("threads %s did not stop within %.1f s", alive, timeout)
-
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -251,6 +248,14 @@ class JobManager:
         self, dataset_id: str, dataset_bytes: bytes | None, data: TaskData | None, options: pb.AdaptOptions,
         key: str, deadline_seconds: float, call_deadline_seconds: float | None,
     ) -> JobRecord:
+        # One admission at a time, so that concurrent submits cannot pass the queue or disk limit together.
+        with self._admission:
+            return self._admit_locked(dataset_id, dataset_bytes, data, options, key, deadline_seconds, call_deadline_seconds)
+
+    def _admit_locked(
+        self, dataset_id: str, dataset_bytes: bytes | None, data: TaskData | None, options: pb.AdaptOptions,
+        key: str, deadline_seconds: float, call_deadline_seconds: float | None,
+    ) -> JobRecord:
         if key:
             try:
                 return self._match_idempotent(self.store.get_job_by_key(key), dataset_id, options)
@@ -276,7 +281,7 @@ class JobManager:
             job, created = self.store.create_job(dataset_id, options, key, deadline_time)
             if created and data is not None:
                 self._decoded[job.job_id] = data
-        if not created:  # a concurrent submit with the same key won
+        if not created:  # the key was checked above under the admission lock, so this is a safeguard
             return self._match_idempotent(job, dataset_id, options)
         logger.info(
             "job %s: queued (dataset %s, seed %d, inner_steps %d, finetune_steps %d%s)",
