@@ -327,7 +327,7 @@ class JobManager:
             message.result.CopyFrom(job.result)
         return message
 
-    def list(self, request: pb.ListJobsRequest) -> tuple[list[JobRecord], str]:
+    def list_jobs(self, request: pb.ListJobsRequest) -> tuple[list[JobRecord], str]:
         violations = []
         if request.page_size > MAX_PAGE_SIZE:
             violations.append(("page_size", f"page_size is {request.page_size}; allowed: 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}"))
@@ -387,8 +387,8 @@ class JobManager:
         check_job_id(job_id)
         job = self.store.get_job(job_id)
         count = self.store.event_count(job_id)
-        if job.is_final and from_index > count:
-            raise OutOfRange(f"from_index is {from_index} but job {job_id} has only {count} events; use 0 to {count}")
+        if from_index > count:  # a client can only have seen events that exist
+            raise OutOfRange(f"from_index is {from_index} but job {job_id} has {count} events so far; use 0 to {count}")
 
         index = from_index
         while True:

@@ -161,7 +161,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
 
     @rpc
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        jobs, next_page_token = self.jobs.list(request)
+        jobs, next_page_token = self.jobs.list_jobs(request)
         return pb.ListJobsResponse(jobs=[self.jobs.to_proto(job) for job in jobs], next_page_token=next_page_token)
 
     @rpc

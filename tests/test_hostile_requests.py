@@ -105,6 +105,8 @@ class Target:
     stub: pb_grpc.AdaptationStub
     finished_job_id: str  # SUCCEEDED
     failed_job_id: str  # FAILED, so it has no model
+    queued_job_id: str  # QUEUED behind the blocker
+    blocker_job_id: str  # RUNNING until the last test cancels it
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,9 @@ def target(checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> 
     with Client(f"127.0.0.1:{server.port}", timeout=120) as client:
         assert client.wait_for_job(finished.job_id).state == pb.SUCCEEDED
         assert client.wait_for_job(failed.job_id).state == pb.FAILED
-    yield Target(server, channel, stub, finished.job_id, failed.job_id)
+    blocker = stub.SubmitJob(pb.SubmitJobRequest(inline_dataset=dataset(adapt_request()), options=pb.AdaptOptions(finetune_steps=10_000)), timeout=60)
+    queued = stub.SubmitJob(pb.SubmitJobRequest(inline_dataset=dataset(adapt_request()), options=QUICK), timeout=60)
+    yield Target(server, channel, stub, finished.job_id, failed.job_id, queued.job_id, blocker.job_id)
     channel.close()
     server.stop(grace=1.0)
 
@@ -249,6 +253,7 @@ def hostile_cases() -> list[tuple[str, Callable[[Target], object], grpc.StatusCo
         ("cancel-unknown-id", lambda t: t.stub.CancelJob(pb.CancelJobRequest(job_id="e" * 32), timeout=30), grpc.StatusCode.NOT_FOUND, ""),
         ("watch-unknown-id", lambda t: list(t.stub.WatchJob(pb.WatchJobRequest(job_id="d" * 32), timeout=30)), grpc.StatusCode.NOT_FOUND, ""),
         ("watch-past-last-event", with_job(lambda t: lambda t2: list(t2.stub.WatchJob(pb.WatchJobRequest(job_id=t.finished_job_id, from_index=2**63), timeout=30))), grpc.StatusCode.OUT_OF_RANGE, "from_index"),
+        ("watch-max-index-of-queued-job", with_job(lambda t: lambda t2: list(t2.stub.WatchJob(pb.WatchJobRequest(job_id=t.queued_job_id, from_index=2**64 - 1), timeout=30))), grpc.StatusCode.OUT_OF_RANGE, "from_index"),
         ("download-unknown-id", lambda t: list(t.stub.DownloadModel(pb.DownloadModelRequest(job_id="c" * 32), timeout=30)), grpc.StatusCode.NOT_FOUND, ""),
         ("download-past-end", with_job(lambda t: lambda t2: list(t2.stub.DownloadModel(pb.DownloadModelRequest(job_id=t.finished_job_id, offset=2**64 - 1), timeout=30))), grpc.StatusCode.OUT_OF_RANGE, "offset"),
         ("download-failed-job", with_job(lambda t: lambda t2: list(t2.stub.DownloadModel(pb.DownloadModelRequest(job_id=t.failed_job_id), timeout=30))), grpc.StatusCode.FAILED_PRECONDITION, "FAILED"),
@@ -296,6 +301,8 @@ def test_server_still_adapts_after_corpus(target: Target, tmp_path: Path) -> Non
             call(target)
     assert_server_serves(target)
     with Client(f"127.0.0.1:{target.server.port}", timeout=120) as client:
+        client.cancel_job(target.blocker_job_id)
+        assert client.wait_for_job(target.queued_job_id).state == pb.SUCCEEDED
         result = client.adapt(np.stack([noise(i) for i in range(6)]), [0, 0, 0, 1, 1, 1], inner_steps=1, finetune_steps=2)
     assert result.metrics.support_examples == 6
     assert list(target.server.store.staging_dir.iterdir()) == []
