@@ -62,7 +62,6 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "server.healthcheck", "--port", "50051"]
 
 # The default checkpoint is found relative to the installed server package, so point at the copy.
-# NOTE: --data-dir belongs to the job persistence of the server; a server without that flag
-# exits at start with a usage error.
+# Jobs, datasets and models go to the /data volume, so a restarted container resumes its jobs.
 ENTRYPOINT ["archadapt-server"]
 CMD ["--host", "0.0.0.0", "--port", "50051", "--checkpoint", "/opt/archadapt/checkpoints/default", "--data-dir", "/data"]

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu where an NVIDIA driver is present, the CPU onnxruntime elsewhere.
 ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: demo test install system-packages protos benchmark clean
+.PHONY: demo test install system-packages protos benchmark benchmark-cancel clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ protos: install
 
 benchmark: install system-packages
 	$(PY) benchmarks/demo_task.py
+
+# How fast cancelled jobs and Adapt calls stop, per phase; appends to docs/benchmarks.md.
+benchmark-cancel: install
+	$(PY) benchmarks/cancel_latency.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -33,13 +33,19 @@ ProgressCallback = Callable[[str, int, int, float], None]
 class ServingConfig:
     """Serving-time adaptation: a longer inner loop with an annealed temperature, then fine-tuning."""
 
-    # Measured on the Fashion-MNIST demo task (10-way, 20 shots, one seed, 500 held-out images).
-    # 0, 10 and 30 inner steps gave 67%, 71% and 70%, and 80 and 150 fine-tuning steps gave 71%
-    # and 72%. Each difference is within about two standard errors. Horizontal flips lowered it.
+    # Measured on the Fashion-MNIST demo tasks of benchmarks/demo_task.py (10-way, 20 shots,
+    # seeds 0-4, 100 held-out images per class), mean held-out accuracy of the PyTorch network:
+    # constant-rate Adam for 100 steps 69.5%; 300 steps 70.8%; with a one-cycle schedule peaking
+    # at 0.01, 72.6%; with mixup instead, 72.9%; all three with a weight average 75.7% (76.4% without a
+    # validation split). 200 steps of the same recipe gave 74.7% without a validation split, and
+    # minibatches of 32 gave 74.7%. Horizontal flips lowered accuracy. A logistic regression on
+    # the raw pixels scores 74.5% on these tasks.
     inner: InnerLoopConfig = InnerLoopConfig(
         inner_steps=10, inner_lr=0.05, inner_lr_alpha=1.0, batch_size=64, temperature=1.0, temperature_end=0.2
     )
-    finetune: FinetuneConfig = FinetuneConfig(steps=100, lr=0.003, weight_decay=1e-3)
+    finetune: FinetuneConfig = FinetuneConfig(
+        steps=300, lr=0.01, weight_decay=1e-3, lr_schedule="one_cycle", mixup_alpha=0.4, ema_decay=0.98
+    )
     validation_fraction: float = 0.1  # part of each class held out for validation
     min_examples_for_validation: int = 5  # every class needs this many images to split
 

@@ -32,7 +32,8 @@ SAMPLE = ROOT / "examples" / "fashion-mnist"
 def start_server(checkpoint: Path, port_file: Path, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file), "--checkpoint", str(checkpoint)],
+        [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file), "--checkpoint", str(checkpoint),
+         "--data-dir", str(port_file.parent / "data")],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120

@@ -22,6 +22,7 @@ import torch
 from archadapt.checkpoint import load_checkpoint
 from archadapt.errors import CheckpointError
 from server.app import create_server
+from server.jobs import JobLimits
 from server.providers import loaded_providers
 from server.request_decoding import RequestLimits
 from server.security import SecurityConfigError, add_security_arguments, describe, security_from_args
@@ -38,7 +39,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help=f"checkpoint directory (default: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--device", default="auto", help="torch device for adaptation: auto (cuda when available, else cpu), cpu or cuda[:N]")
     parser.add_argument("--port-file", type=Path, help="write the bound port to this file once the server is ready")
-    parser.add_argument("--max-images", type=int, default=RequestLimits.max_images, help="most images accepted in one request")
+    parser.add_argument("--data-dir", type=Path, default=Path("archadapt-data"), help="directory of the job database, datasets and models; a restart on the same directory resumes its jobs (default: ./archadapt-data)")
+    parser.add_argument("--max-images", type=int, default=RequestLimits.max_images, help=f"maximum number of images in one dataset (default: {RequestLimits.max_images})")
+    parser.add_argument("--max-classes", type=int, default=RequestLimits.max_classes, help=f"maximum number of classes in one dataset (default: {RequestLimits.max_classes})")
+    parser.add_argument("--max-image-side", type=int, default=RequestLimits.max_image_side, help=f"largest image height or width in pixels (default: {RequestLimits.max_image_side})")
+    parser.add_argument("--max-image-pixels", type=int, default=RequestLimits.max_image_pixels, help=f"largest image area, height times width, in pixels (default: {RequestLimits.max_image_pixels})")
+    parser.add_argument("--max-request-bytes", type=int, default=RequestLimits.max_request_bytes, help=f"largest gRPC message in bytes, so the largest Adapt or inline SubmitJob dataset (default: {RequestLimits.max_request_bytes})")
+    parser.add_argument("--max-dataset-bytes", type=int, default=RequestLimits.max_dataset_bytes, help=f"largest dataset in bytes accepted by UploadDataset (default: {RequestLimits.max_dataset_bytes})")
+    parser.add_argument("--max-queue", type=int, default=JobLimits.max_queued_jobs, help=f"maximum number of jobs waiting in the queue; a submit beyond it gets RESOURCE_EXHAUSTED (default: {JobLimits.max_queued_jobs})")
+    parser.add_argument("--max-concurrent-jobs", type=int, default=JobLimits.max_concurrent_jobs, help=f"maximum number of jobs running at once (default: {JobLimits.max_concurrent_jobs}, one per device)")
+    parser.add_argument("--result-ttl", type=float, default=JobLimits.result_ttl_seconds, help=f"seconds a finished job and its model are kept; 0 keeps them forever (default: {JobLimits.result_ttl_seconds:.0f}, 7 days)")
+    parser.add_argument("--max-disk-bytes", type=int, default=JobLimits.max_disk_bytes, help="maximum number of bytes in the data directory; uploads and submits that would pass it get RESOURCE_EXHAUSTED (default: 0, no limit)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP at /metrics on this port of --host; 0 picks a free port (default: no metrics)")
+    parser.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port to this file once the server is ready")
+    parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds that open calls get to finish after SIGTERM or SIGINT (default: 5)")
+    parser.add_argument("--grpc-threads", type=int, default=32, help="gRPC worker threads; each open Adapt or WatchJob stream uses one (default: 32)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     add_security_arguments(parser)
@@ -70,8 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("invalid security options: %s", error)
         return 2
 
-    limits = RequestLimits(max_images=args.max_images)
-    running = create_server(f"{args.host}:{args.port}", checkpoint, device, limits, security=security)
+    try:
+        limits = RequestLimits(
+            max_images=args.max_images, max_classes=args.max_classes, max_image_side=args.max_image_side,
+            max_image_pixels=args.max_image_pixels, max_request_bytes=args.max_request_bytes,
+            max_dataset_bytes=args.max_dataset_bytes,
+        )
+        job_limits = JobLimits(
+            max_queued_jobs=args.max_queue, max_concurrent_jobs=args.max_concurrent_jobs,
+            result_ttl_seconds=args.result_ttl, max_disk_bytes=args.max_disk_bytes,
+        )
+    except ValueError as error:
+        logger.error("invalid limit: %s", error)
+        return 2
+    metrics_address = (args.host, args.metrics_port) if args.metrics_port is not None else None
+    running = create_server(
+        f"{args.host}:{args.port}", checkpoint, device, limits, max_workers=args.grpc_threads,
+        security=security, data_dir=args.data_dir, job_limits=job_limits, metrics_address=metrics_address,
+    )
     logger.info(
         "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); "
         "onnxruntime %s providers %s loaded of %s available",
@@ -79,15 +110,28 @@ def main(argv: list[str] | None = None) -> int:
         onnxruntime.__version__, loaded_providers(), onnxruntime.get_available_providers(),
     )
     logger.info("connections: %s", describe(security, args))
+    logger.info("data directory %s; job limits %s", args.data_dir.resolve(), job_limits)
+    if running.metrics_port is not None:
+        logger.info("serving Prometheus metrics on http://%s:%d/metrics", args.host, running.metrics_port)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped.set())
     if args.port_file:
-        args.port_file.write_text(f"{running.port}\n")
+        write_port_file(args.port_file, running.port)
+    if args.metrics_port_file and running.metrics_port is not None:
+        write_port_file(args.metrics_port_file, running.metrics_port)
     stopped.wait()
-    logger.info("shutting down")
-    running.stop(grace=5.0)
+    logger.info("shutting down: health NOT_SERVING, no new work, running jobs stay queued for the next start")
+    running.stop(grace=args.shutdown_grace)
+    logger.info("stopped")
     return 0
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write the port atomically, so that a reader never sees a partial number."""
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(f"{port}\n")
+    staging.replace(path)
 
 
 if __name__ == "__main__":

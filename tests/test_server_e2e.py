@@ -40,28 +40,20 @@ from PIL import Image
 
 import archadapt
 from archadapt.adaptation import PHASES, ServingConfig
-from archadapt.checkpoint import TENSORS_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from archadapt.config import FinetuneConfig, InnerLoopConfig
-from archadapt.inner_loop import Prior
-from archadapt.search_space import InputSpec, SearchSpace
-from archadapt.supernet import Supernet
+from archadapt.checkpoint import TENSORS_FILE, Checkpoint
+from archadapt.config import FinetuneConfig
 from archadapt_client import ArchadaptError, Client, ProgressUpdate, load_dataset
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
-from meta_trainer.config import MetaTrainConfig
 from meta_trainer.glyphs import DEFAULT_FONT_DIR, load_or_build_glyph_bank, load_script_splits
-from meta_trainer.outer_loop import make_optimizer, meta_gradient
-from meta_trainer.task_distribution import Episode, EpisodeSampler
+from meta_trainer.task_distribution import EpisodeSampler
 from server.app import SERVICE_NAME, RunningServer, create_server
 from server.request_decoding import RequestLimits
+from tiny_checkpoint import CHECKPOINT_ID, SPACE, SPEC
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASHION_DIR = REPO_ROOT / "examples" / "fashion-mnist"
 
-SPACE = SearchSpace(channels=6, cells=2, reduce_cells=(0,))
-SPEC = InputSpec()
-CHECKPOINT_ID = "e2e-tiny-c6-cells2-outer2"
-OUTER_STEPS = 2
 INNER_STEPS = 5
 FINETUNE_STEPS = 60
 SERVING = ServingConfig(
@@ -83,63 +75,6 @@ CALL_TIMEOUT_S = 300.0
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------
-
-
-def synthetic_episode(generator: torch.Generator, way: int = 3, shot: int = 2, query_per_class: int = 2) -> Episode:
-    """Return an episode of uniform noise images, enough to move the prior through a real outer step."""
-    return Episode(
-        support_images=torch.rand(way * shot, SPEC.channels, SPEC.height, SPEC.width, generator=generator),
-        support_labels=torch.arange(way).repeat_interleave(shot),
-        query_images=torch.rand(way * query_per_class, SPEC.channels, SPEC.height, SPEC.width, generator=generator),
-        query_labels=torch.arange(way).repeat_interleave(query_per_class),
-        way=way,
-        shot=shot,
-    )
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Write a tiny checkpoint (fresh supernet, OUTER_STEPS first-order outer steps) and return its directory."""
-    torch.manual_seed(0)
-    config = MetaTrainConfig(
-        search_space=SPACE,
-        input_spec=SPEC,
-        inner=InnerLoopConfig(inner_steps=2, batch_size=32),
-        meta_batch_size=1,
-    )
-    supernet = Supernet(SPACE, SPEC)
-    prior = Prior.from_supernet(supernet, config.inner.prior_sigma)
-    optimizer = make_optimizer(supernet, config)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(OUTER_STEPS):
-        optimizer.zero_grad(set_to_none=False)
-        for parameter in supernet.parameters():
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-        query_loss = meta_gradient(supernet, prior, synthetic_episode(generator), config, generator, "cpu")
-        assert np.isfinite(query_loss)
-        optimizer.step()
-
-    directory = tmp_path_factory.mktemp("checkpoints") / "tiny"
-    save_checkpoint(
-        Checkpoint(
-            space=SPACE,
-            spec=SPEC,
-            prior=prior,
-            provenance={"checkpoint_id": CHECKPOINT_ID, "data": "synthetic noise episodes", "outer_steps": OUTER_STEPS},
-        ),
-        directory,
-    )
-    return directory
-
-
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_dir: Path) -> Checkpoint:
-    loaded = load_checkpoint(checkpoint_dir)
-    assert loaded.checkpoint_id == CHECKPOINT_ID
-    assert loaded.space == SPACE
-    assert loaded.spec == SPEC
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -623,7 +558,7 @@ def test_server_command_stops_on_sigterm(checkpoint_dir: Path, tmp_path: Path) -
     with open(log, "w") as log_handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file), "--checkpoint", str(checkpoint_dir),
-             "--max-images", "123"],
+             "--max-images", "123", "--data-dir", str(tmp_path / "data")],
             stdout=log_handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )
     try:
@@ -660,7 +595,8 @@ def test_server_command_rejects_altered_checkpoint(checkpoint_dir: Path, tmp_pat
 
     port_file = tmp_path / "port"
     completed = subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file), "--checkpoint", str(altered)],
+        [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file), "--checkpoint", str(altered),
+         "--data-dir", str(tmp_path / "data")],
         capture_output=True, text=True, timeout=CALL_TIMEOUT_S, cwd=REPO_ROOT,
     )
     assert completed.returncode != 0

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from archadapt_client import __version__
 from archadapt_client.client import AdaptResult, Client, ProgressUpdate, RetryPolicy
 from archadapt_client.errors import ArchadaptError
+from archadapt_client.jobs_cli import JOB_COMMANDS, add_job_commands, run_job_command
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
 from archadapt_client.v1 import archadapt_pb2
 
@@ -216,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("source", type=Path, metavar="RESULT_JSON_OR_MODEL", help="an .onnx model or a .json file")
     show.add_argument("--out", type=Path, metavar="PATH", help="diagram to write, ending in .svg or .png")
     _add_json_argument(show)
+
+    def add_job_arguments(command: argparse.ArgumentParser) -> None:
+        _add_server_arguments(command)
+        _add_json_argument(command)
+
+    add_job_commands(commands, add_job_arguments, EXIT_CODES_HELP, HelpFormatter)
     return parser
 
 
@@ -571,6 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_predict(args, sys.stdout, sys.stderr)
         elif args.command == "show":
             run_show(args, sys.stdout)
+        elif args.command in JOB_COMMANDS:
+            if not run_job_command(args, open_client, sys.stdout):
+                return EXIT_FAILURE
         else:
             run_info(args, sys.stdout)
     except (ArchadaptError, ValueError, OSError, ImportError) as error:

@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Default maximum size of one gRPC message in either direction, in bytes."""
 
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+"""Size of the DatasetChunk messages of an upload, in bytes; the server accepts up to 4 MiB."""
+
+_RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -463,6 +468,170 @@ class Client:
                 stream.cancel()
 
 
+    # -- Jobs: adaptations that outlive the call, a disconnect and a server restart ------------
+
+    @translate_rpc_errors
+    def upload_dataset(
+        self,
+        images: ImagesInput,
+        labels: Sequence[int] | NDArray[Any],
+        class_names: Sequence[str] | None = None,
+        *,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+    ) -> archadapt_pb2.DatasetInfo:
+        """Upload a dataset in chunks and return its DatasetInfo; ``dataset_id`` is its SHA-256.
+
+        ``images``, ``labels`` and ``class_names`` are described in build_request. A dataset
+        may be larger than one message, up to the server's ``limits.max_dataset_bytes``.
+        Uploading the same dataset twice returns the same id.
+        """
+        if not 1 <= chunk_bytes <= UPLOAD_CHUNK_BYTES:
+            raise ValueError(f"invalid chunk_bytes {chunk_bytes!r}; expected 1 to {UPLOAD_CHUNK_BYTES}")
+        data = dataset_bytes(images, labels, class_names)
+        logger.debug("uploading a dataset of %d bytes in chunks of %d", len(data), chunk_bytes)
+        chunks = (
+            archadapt_pb2.DatasetChunk(data=data[offset : offset + chunk_bytes])
+            for offset in range(0, len(data), chunk_bytes)
+        )
+        return self._stub.UploadDataset(chunks, timeout=self.timeout, metadata=self._metadata)
+
+    @translate_rpc_errors
+    def submit_job(
+        self,
+        dataset_id: str,
+        *,
+        seed: int = 0,
+        inner_steps: int = 0,
+        finetune_steps: int = 0,
+        idempotency_key: str = "",
+        deadline_seconds: float = 0.0,
+        retries: int = 3,
+    ) -> archadapt_pb2.Job:
+        """Queue an adaptation of an uploaded dataset and return the Job (state QUEUED).
+
+        With an ``idempotency_key`` a submit that fails with UNAVAILABLE or DEADLINE_EXCEEDED
+        is retried up to ``retries`` times, because the server returns the same job for the
+        same key. ``deadline_seconds`` (0: none) bounds the job's run from submission.
+        A full queue raises ArchadaptError with code RESOURCE_EXHAUSTED and ``retry_delay``.
+        """
+        _check_range("seed", seed, _UINT64_MAX)
+        _check_range("inner_steps", inner_steps, _UINT32_MAX)
+        _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
+        request = archadapt_pb2.SubmitJobRequest(
+            dataset_id=dataset_id,
+            options=archadapt_pb2.AdaptOptions(seed=seed, inner_steps=inner_steps, finetune_steps=finetune_steps),
+            idempotency_key=idempotency_key,
+            deadline_seconds=deadline_seconds,
+        )
+        attempts = 1 + max(0, retries) if idempotency_key else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._stub.SubmitJob(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if attempt == attempts or error.code() not in _RETRYABLE_CODES:
+                    raise
+                logger.warning("submit attempt %d failed with %s; retrying with the same idempotency key", attempt, error.code().name)
+                time.sleep(min(2.0**attempt, 10.0))
+        raise AssertionError("unreachable")
+
+    @translate_rpc_errors
+    def get_job(self, job_id: str) -> archadapt_pb2.Job:
+        """Return the job's state, progress count, error or result."""
+        return self._stub.GetJob(archadapt_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
+
+    @translate_rpc_errors
+    def cancel_job(self, job_id: str) -> archadapt_pb2.Job:
+        """Cancel a queued or running job and return it; a running job ends CANCELLED within about a second."""
+        return self._stub.CancelJob(archadapt_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
+
+    def list_jobs(self, states: Sequence[int] = (), page_size: int = 100) -> Iterator[archadapt_pb2.Job]:
+        """Yield every job, newest first, optionally only those in ``states`` (JobState values)."""
+        token = ""
+        while True:
+            request = archadapt_pb2.ListJobsRequest(page_size=page_size, page_token=token, states=list(states))
+            try:
+                response = self._stub.ListJobs(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                raise ArchadaptError.from_rpc_error(error) from error
+            yield from response.jobs
+            token = response.next_page_token
+            if not token:
+                return
+
+    def watch_job(
+        self, job_id: str, from_index: int = 0, *, reconnects: int = 10, reconnect_delay: float = 1.0
+    ) -> Iterator[archadapt_pb2.JobEvent]:
+        """Yield the job's events from ``from_index`` until the one that puts it in a final state.
+
+        When the stream breaks with UNAVAILABLE (a lost connection or a restarting server),
+        the watch reattaches up to ``reconnects`` times, ``reconnect_delay`` seconds apart,
+        from the index after the last event received, so no event is lost or repeated.
+        The stream has no deadline.
+        """
+        next_index, failures = from_index, 0
+        while True:
+            stream = self._stub.WatchJob(archadapt_pb2.WatchJobRequest(job_id=job_id, from_index=next_index), metadata=self._metadata)
+            try:
+                for event in stream:
+                    failures = 0
+                    next_index = event.index + 1
+                    yield event
+                return
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= reconnects:
+                    raise ArchadaptError.from_rpc_error(error) from error
+                failures += 1
+                logger.warning("watch of job %s lost (%s); reattaching from event %d", job_id, error.details(), next_index)
+                time.sleep(reconnect_delay)
+            finally:
+                stream.cancel()
+
+    def wait_for_job(
+        self, job_id: str, on_progress: Callable[[ProgressUpdate], None] | None = None
+    ) -> archadapt_pb2.Job:
+        """Watch the job until it is final and return it; ``on_progress`` gets each progress event."""
+        for event in self.watch_job(job_id):
+            if on_progress is not None and event.WhichOneof("event") == "progress":
+                on_progress(ProgressUpdate.from_message(event.progress))
+        return self.get_job(job_id)
+
+    def download_model(self, job_id: str, path: str | os.PathLike[str] | None = None, *, reconnects: int = 5) -> bytes:
+        """Download the ONNX model of a SUCCEEDED job, check its size and SHA-256, and return it.
+
+        With ``path`` the model is also written there, through a temporary file and a rename,
+        so the path never contains a partial model. A download that breaks with UNAVAILABLE
+        resumes at the byte where it stopped, up to ``reconnects`` times.
+        """
+        job = self.get_job(job_id)
+        model, total, failures = bytearray(), None, 0
+        while total is None or len(model) < total:
+            request = archadapt_pb2.DownloadModelRequest(job_id=job_id, offset=len(model))
+            try:
+                for chunk in self._stub.DownloadModel(request, timeout=self.timeout, metadata=self._metadata):
+                    if chunk.offset != len(model):
+                        raise ArchadaptError(
+                            grpc.StatusCode.DATA_LOSS,
+                            f"model chunk at offset {chunk.offset} arrived after {len(model)} bytes",
+                        )
+                    total = chunk.total_bytes
+                    model.extend(chunk.data)
+                if total is None:
+                    total = 0
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= reconnects:
+                    raise ArchadaptError.from_rpc_error(error) from error
+                failures += 1
+                logger.warning("download of job %s broke at byte %d; resuming", job_id, len(model))
+                time.sleep(1.0)
+        _verify_model(bytes(model), job.result)
+        if path is not None:
+            target = Path(path)
+            staging = target.with_name(f".{target.name}.part")
+            staging.write_bytes(model)
+            staging.replace(target)
+        return bytes(model)
+
+
 class _CountingIterator(Iterator[archadapt_pb2.AdaptEvent]):
     """Count the events an Adapt stream has delivered."""
 
@@ -645,6 +814,20 @@ def build_request(
         class_names=names,
         options=archadapt_pb2.AdaptOptions(seed=seed, inner_steps=inner_steps, finetune_steps=finetune_steps),
     )
+
+
+def dataset_bytes(
+    images: ImagesInput,
+    labels: Sequence[int] | NDArray[Any],
+    class_names: Sequence[str] | None = None,
+) -> bytes:
+    """Return the serialized Dataset message of a dataset, the bytes that UploadDataset sends.
+
+    Dataset shares its field numbers with AdaptRequest, so the request without options is it.
+    """
+    request = build_request(images, labels, class_names)
+    request.ClearField("options")
+    return request.SerializeToString(deterministic=True)
 
 
 def _check_range(name: str, value: int, maximum: int) -> None:

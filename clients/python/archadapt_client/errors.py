@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ class ArchadaptError(Exception):
         message: The status details of the server, or the client's own message.
         field_violations: ``(field, description)`` pairs of the
             ``google.rpc.BadRequest`` detail, empty when the status has none.
+        retry_delay: Seconds to wait before retrying, from the
+            ``google.rpc.RetryInfo`` detail (sent with RESOURCE_EXHAUSTED),
+            or None when the status has none.
     """
 
     def __init__(
@@ -33,11 +36,13 @@ class ArchadaptError(Exception):
         code: grpc.StatusCode,
         message: str,
         field_violations: Sequence[tuple[str, str]] = (),
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.field_violations: list[tuple[str, str]] = list(field_violations)
+        self.retry_delay = retry_delay
 
     @property
     def code_name(self) -> str:
@@ -62,17 +67,30 @@ class ArchadaptError(Exception):
             code = grpc.StatusCode.UNKNOWN
         if not message:
             message = str(error) or "no details from the server"
-        return cls(code, message, _bad_request_violations(error))
+        status = _status_details(error)
+        return cls(code, message, _bad_request_violations(status), _retry_delay(status))
 
 
-def _bad_request_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+def _status_details(error: grpc.RpcError) -> status_pb2.Status | None:
     if not isinstance(error, grpc.Call):
-        return []
+        return None
     try:
-        status = rpc_status.from_call(error)
+        return rpc_status.from_call(error)
     except ValueError as mismatch:
         logger.warning("ignoring the status details of a failed call: %s", mismatch)
-        return []
+        return None
+
+
+def _retry_delay(status: status_pb2.Status | None) -> float | None:
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
+            return retry_info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def _bad_request_violations(status: status_pb2.Status | None) -> list[tuple[str, str]]:
     if status is None:
         return []
 

@@ -23,6 +23,15 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_FINETUNE: _ClassVar[Phase]
     PHASE_EVALUATE: _ClassVar[Phase]
     PHASE_EXPORT: _ClassVar[Phase]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    QUEUED: _ClassVar[JobState]
+    RUNNING: _ClassVar[JobState]
+    SUCCEEDED: _ClassVar[JobState]
+    FAILED: _ClassVar[JobState]
+    CANCELLED: _ClassVar[JobState]
 DTYPE_UNSPECIFIED: DType
 UINT8: DType
 FLOAT32: DType
@@ -33,6 +42,12 @@ PHASE_DERIVE: Phase
 PHASE_FINETUNE: Phase
 PHASE_EVALUATE: Phase
 PHASE_EXPORT: Phase
+JOB_STATE_UNSPECIFIED: JobState
+QUEUED: JobState
+RUNNING: JobState
+SUCCEEDED: JobState
+FAILED: JobState
+CANCELLED: JobState
 
 class RawArray(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -203,21 +218,37 @@ class SearchSpace(_message.Message):
     def __init__(self, primitives: _Optional[_Iterable[str]] = ..., nodes: _Optional[int] = ..., cells: _Optional[int] = ..., reduce_cells: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class RequestLimits(_message.Message):
-    __slots__ = ("max_images", "min_classes", "max_classes", "max_image_side", "max_request_bytes")
+    __slots__ = ("max_images", "min_classes", "max_classes", "max_image_side", "max_request_bytes", "max_image_pixels", "max_dataset_bytes")
     MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MIN_CLASSES_FIELD_NUMBER: _ClassVar[int]
     MAX_CLASSES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_SIDE_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DATASET_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_images: int
     min_classes: int
     max_classes: int
     max_image_side: int
     max_request_bytes: int
-    def __init__(self, max_images: _Optional[int] = ..., min_classes: _Optional[int] = ..., max_classes: _Optional[int] = ..., max_image_side: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
+    max_image_pixels: int
+    max_dataset_bytes: int
+    def __init__(self, max_images: _Optional[int] = ..., min_classes: _Optional[int] = ..., max_classes: _Optional[int] = ..., max_image_side: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_dataset_bytes: _Optional[int] = ...) -> None: ...
+
+class JobLimits(_message.Message):
+    __slots__ = ("max_queued_jobs", "max_concurrent_jobs", "result_ttl_seconds", "max_disk_bytes")
+    MAX_QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_queued_jobs: int
+    max_concurrent_jobs: int
+    result_ttl_seconds: float
+    max_disk_bytes: int
+    def __init__(self, max_queued_jobs: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., result_ttl_seconds: _Optional[float] = ..., max_disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps")
+    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps", "job_limits")
     INPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SPACE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +259,7 @@ class ServerInfo(_message.Message):
     ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    JOB_LIMITS_FIELD_NUMBER: _ClassVar[int]
     input_spec: InputSpec
     search_space: SearchSpace
     limits: RequestLimits
@@ -238,4 +270,157 @@ class ServerInfo(_message.Message):
     onnxruntime_version: str
     default_inner_steps: int
     default_finetune_steps: int
-    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ...) -> None: ...
+    job_limits: JobLimits
+    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ..., job_limits: _Optional[_Union[JobLimits, _Mapping]] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("images", "labels", "class_names")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DatasetChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("dataset_id", "size_bytes", "images", "classes")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    size_bytes: int
+    images: int
+    classes: int
+    def __init__(self, dataset_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., images: _Optional[int] = ..., classes: _Optional[int] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("dataset_id", "inline_dataset", "options", "idempotency_key", "deadline_seconds")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATASET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    inline_dataset: Dataset
+    options: AdaptOptions
+    idempotency_key: str
+    deadline_seconds: float
+    def __init__(self, dataset_id: _Optional[str] = ..., inline_dataset: _Optional[_Union[Dataset, _Mapping]] = ..., options: _Optional[_Union[AdaptOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "state", "dataset_id", "options", "idempotency_key", "created_time", "started_time", "finished_time", "expire_time", "attempts", "queue_position", "event_count", "error", "result", "deadline_time")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_TIME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    dataset_id: str
+    options: AdaptOptions
+    idempotency_key: str
+    created_time: float
+    started_time: float
+    finished_time: float
+    expire_time: float
+    attempts: int
+    queue_position: int
+    event_count: int
+    error: JobError
+    result: AdaptResult
+    deadline_time: float
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., dataset_id: _Optional[str] = ..., options: _Optional[_Union[AdaptOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., created_time: _Optional[float] = ..., started_time: _Optional[float] = ..., finished_time: _Optional[float] = ..., expire_time: _Optional[float] = ..., attempts: _Optional[int] = ..., queue_position: _Optional[int] = ..., event_count: _Optional[int] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[AdaptResult, _Mapping]] = ..., deadline_time: _Optional[float] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id", "from_index")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    from_index: int
+    def __init__(self, job_id: _Optional[str] = ..., from_index: _Optional[int] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("index", "time", "state_change", "progress")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    time: float
+    state_change: JobStateChange
+    progress: Progress
+    def __init__(self, index: _Optional[int] = ..., time: _Optional[float] = ..., state_change: _Optional[_Union[JobStateChange, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class JobStateChange(_message.Message):
+    __slots__ = ("state", "reason", "error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    reason: str
+    error: JobError
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "states")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    states: _containers.RepeatedScalarFieldContainer[JobState]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DownloadModelRequest(_message.Message):
+    __slots__ = ("job_id", "offset")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -53,6 +53,41 @@ class AdaptationStub:
                 request_serializer=archadapt_dot_v1_dot_archadapt__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/archadapt.v1.Adaptation/UploadDataset',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.DatasetChunk.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.DatasetInfo.FromString,
+                _registered_method=True)
+        self.SubmitJob = channel.unary_unary(
+                '/archadapt.v1.Adaptation/SubmitJob',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/archadapt.v1.Adaptation/GetJob',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/archadapt.v1.Adaptation/WatchJob',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.JobEvent.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/archadapt.v1.Adaptation/CancelJob',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/archadapt.v1.Adaptation/ListJobs',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/archadapt.v1.Adaptation/DownloadModel',
+                request_serializer=archadapt_dot_v1_dot_archadapt__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=archadapt_dot_v1_dot_archadapt__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class AdaptationServicer:
@@ -90,6 +125,70 @@ class AdaptationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Uploads a dataset in chunks and returns its content-addressed id, the
+        SHA-256 of the uploaded bytes. Uploading the same bytes again returns the
+        same id without storing a second copy. The dataset is checked like an
+        AdaptRequest (INVALID_ARGUMENT naming the field) and written durably
+        before the reply. A dataset larger than RequestLimits.max_dataset_bytes
+        fails with INVALID_ARGUMENT, and one that would take the server past
+        JobLimits.max_disk_bytes with RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJob(self, request, context):
+        """Queues an adaptation job and returns it in state QUEUED. The job is
+        written durably before the reply, so a server restart runs it to
+        completion. A full queue or disk fails with RESOURCE_EXHAUSTED and a
+        google.rpc.RetryInfo detail giving the delay before a retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Returns one job; NOT_FOUND for an unknown or expired id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams the events of a job, starting at event index from_index, and
+        ends after the event that puts the job in a final state. A client that
+        loses the stream calls again with the index after the last event it
+        received and gets every later event exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a job. A queued job becomes CANCELLED at once; a running job
+        stops at its next step, within about a second, and then becomes
+        CANCELLED. A job that has already finished is returned unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists jobs, newest first, in pages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadModel(self, request, context):
+        """Streams the ONNX model of a SUCCEEDED job in chunks of at most 1 MiB,
+        starting at byte offset. FAILED_PRECONDITION when the job has no model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +201,41 @@ def add_AdaptationServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.GetServerInfoRequest.FromString,
                     response_serializer=archadapt_dot_v1_dot_archadapt__pb2.ServerInfo.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.DatasetChunk.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.DatasetInfo.SerializeToString,
+            ),
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.SubmitJobRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.GetJobRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.WatchJobRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.JobEvent.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.CancelJobRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.ListJobsRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=archadapt_dot_v1_dot_archadapt__pb2.DownloadModelRequest.FromString,
+                    response_serializer=archadapt_dot_v1_dot_archadapt__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -166,6 +300,195 @@ class Adaptation:
             '/archadapt.v1.Adaptation/GetServerInfo',
             archadapt_dot_v1_dot_archadapt__pb2.GetServerInfoRequest.SerializeToString,
             archadapt_dot_v1_dot_archadapt__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/archadapt.v1.Adaptation/UploadDataset',
+            archadapt_dot_v1_dot_archadapt__pb2.DatasetChunk.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.DatasetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/SubmitJob',
+            archadapt_dot_v1_dot_archadapt__pb2.SubmitJobRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/GetJob',
+            archadapt_dot_v1_dot_archadapt__pb2.GetJobRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/WatchJob',
+            archadapt_dot_v1_dot_archadapt__pb2.WatchJobRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/CancelJob',
+            archadapt_dot_v1_dot_archadapt__pb2.CancelJobRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/ListJobs',
+            archadapt_dot_v1_dot_archadapt__pb2.ListJobsRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archadapt.v1.Adaptation/DownloadModel',
+            archadapt_dot_v1_dot_archadapt__pb2.DownloadModelRequest.SerializeToString,
+            archadapt_dot_v1_dot_archadapt__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,
