@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,6 +85,35 @@ def test_cancel_prints_state_and_watch_fails(capsys: pytest.CaptureFixture[str],
     status, lines, _ = run(capsys, "watch", "--server", address, job_id)
     assert status == 1
     assert lines[-1] == "CANCELLED"
+
+
+def test_job_commands_print_json(capsys: pytest.CaptureFixture[str], address: str, data_file: Path, tmp_path: Path) -> None:
+    status, lines, err = run(
+        capsys, "submit", "--server", address, "--data", str(data_file), "--inner-steps", "1", "--finetune-steps", "2", "--json"
+    )
+    assert status == 0, err
+    submitted = json.loads("\n".join(lines))
+    job_id = submitted["job"]["job_id"]
+    assert submitted["dataset"]["images"] == 6
+
+    status, lines, err = run(capsys, "watch", "--server", address, job_id, "--json")
+    assert status == 0, err
+    documents = [json.loads(line) for line in lines]
+    assert [event["index"] for event in documents[:-1]] == [str(i) for i in range(len(documents) - 1)]
+    assert documents[-1]["state"] == "SUCCEEDED"
+
+    status, lines, err = run(capsys, "status", "--server", address, job_id, "--json")
+    assert status == 0, err
+    assert json.loads("\n".join(lines))["job_id"] == job_id
+
+    out = tmp_path / "model.onnx"
+    status, lines, err = run(capsys, "download", "--server", address, job_id, "--out", str(out), "--json")
+    assert status == 0, err
+    assert json.loads("\n".join(lines)) == {"model": str(out), "bytes": out.stat().st_size}
+
+    status, lines, err = run(capsys, "jobs", "--server", address, "--json")
+    assert status == 0, err
+    assert job_id in [json.loads(line)["job_id"] for line in lines]
 
 
 def test_status_of_unknown_job_fails(capsys: pytest.CaptureFixture[str], address: str) -> None:

@@ -132,7 +132,9 @@ def run_job_command(args: argparse.Namespace, open_client: Callable[[argparse.Na
 
 
 def _job_document(message: archadapt_pb2.Job | archadapt_pb2.JobEvent) -> dict[str, object]:
-    document: dict[str, object] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    document: dict[str, object] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     return document
 
 
