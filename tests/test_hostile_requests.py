@@ -4,11 +4,15 @@ Each case sends one bad request to one RPC and expects one status code. After ev
 server must still return GetServerInfo and report SERVING, and at the end it must still run a
 job to success. The server's limits are set low (50 images, 10 classes, 2 MiB messages), so
 oversized requests stay cheap to build.
+
+A second corpus sends bad authorization metadata to a server that requires a bearer token.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import logging
 import math
 import struct
 import zlib
@@ -30,6 +34,7 @@ from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from server.app import RunningServer, create_server
 from server.jobs import JobLimits
 from server.request_decoding import RequestLimits
+from server.security import BearerTokenInterceptor, ServerSecurity
 
 LIMITS = RequestLimits(
     max_images=50, max_classes=10, max_image_side=256, max_image_pixels=200 * 200,
@@ -306,3 +311,149 @@ def test_server_still_adapts_after_corpus(target: Target, tmp_path: Path) -> Non
         result = client.adapt(np.stack([noise(i) for i in range(6)]), [0, 0, 0, 1, 1, 1], inner_steps=1, finetune_steps=2)
     assert result.metrics.support_examples == 6
     assert list(target.server.store.staging_dir.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad credentials against a server that requires a bearer token
+# ---------------------------------------------------------------------------------------------
+
+TOKEN = "tok-hostile-9c4e1a7b3f"
+AUTHENTICATED = (("authorization", f"Bearer {TOKEN}"),)
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+# gRPC (1.85) rejects metadata above 16 KiB (grpc.absolute_max_metadata_size) before any
+# interceptor runs, and rejects a random share of metadata between 8 KiB and 16 KiB, so the
+# cases stay below 8 KiB or far above 16 KiB.
+HUGE_VALUE = "a" * (100 * 1024)
+LARGE_TOKEN = "a" * 4096
+
+
+@dataclass
+class TokenTarget:
+    server: RunningServer
+    channel: grpc.Channel
+    stub: pb_grpc.AdaptationStub
+
+
+@pytest.fixture(scope="module")
+def token_target(checkpoint: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenTarget]:
+    security = ServerSecurity(interceptors=(BearerTokenInterceptor([TOKEN.encode()]),))
+    server = create_server(
+        "127.0.0.1:0", checkpoint, torch.device("cpu"), LIMITS,
+        security=security, data_dir=tmp_path_factory.mktemp("token-data"), job_limits=JobLimits(),
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield TokenTarget(server, channel, pb_grpc.AdaptationStub(channel))
+    channel.close()
+    server.stop(grace=1.0)
+
+
+# (case id, metadata, expected code, text the status message must contain)
+BAD_CREDENTIAL_CASES: list[tuple[str, tuple[tuple[str, str | bytes], ...], grpc.StatusCode, str]] = [
+    ("missing-header", (), UNAUTHENTICATED, "missing authorization metadata"),
+    ("token-under-other-key", (("x-api-key", TOKEN),), UNAUTHENTICATED, "missing authorization metadata"),
+    ("binary-authorization-key", (("authorization-bin", TOKEN.encode()),), UNAUTHENTICATED, "missing authorization metadata"),
+    ("wrong-token", (("authorization", "Bearer not-the-token"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("token-prefix", (("authorization", f"Bearer {TOKEN[:-1]}"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("token-with-trailing-junk", (("authorization", f"Bearer {TOKEN}junk"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("token-then-second-word", (("authorization", f"Bearer {TOKEN} junk"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("token-list", (("authorization", f"Bearer {TOKEN},{TOKEN}"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("empty-bearer", (("authorization", "Bearer "),), UNAUTHENTICATED, "invalid bearer token"),
+    ("scheme-without-token", (("authorization", "Bearer"),), UNAUTHENTICATED, "not a bearer token"),
+    ("empty-value", (("authorization", ""),), UNAUTHENTICATED, "not a bearer token"),
+    ("token-without-scheme", (("authorization", TOKEN),), UNAUTHENTICATED, "not a bearer token"),
+    ("basic-scheme-with-token", (("authorization", f"Basic {TOKEN}"),), UNAUTHENTICATED, "not a bearer token"),
+    (
+        "basic-credentials",
+        (("authorization", "Basic " + base64.b64encode(f"user:{TOKEN}".encode()).decode()),),
+        UNAUTHENTICATED,
+        "not a bearer token",
+    ),
+    ("space-before-scheme", (("authorization", f" Bearer {TOKEN}"),), UNAUTHENTICATED, "not a bearer token"),
+    ("two-headers-one-wrong", (AUTHENTICATED[0], ("authorization", "Bearer not-the-token")), UNAUTHENTICATED, "more than one"),
+    ("two-valid-headers", (AUTHENTICATED[0], AUTHENTICATED[0]), UNAUTHENTICATED, "more than one"),
+    ("large-wrong-token", (("authorization", f"Bearer {LARGE_TOKEN}"),), UNAUTHENTICATED, "invalid bearer token"),
+    ("huge-authorization-header", (("authorization", f"Bearer {HUGE_VALUE}"),), grpc.StatusCode.RESOURCE_EXHAUSTED, "metadata size"),
+    ("huge-header-beside-valid-token", (AUTHENTICATED[0], ("x-padding", HUGE_VALUE)), grpc.StatusCode.RESOURCE_EXHAUSTED, "metadata size"),
+]
+
+
+def assert_token_server_serves(target: TokenTarget) -> None:
+    health = health_pb2_grpc.HealthStub(target.channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    info = target.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30, metadata=AUTHENTICATED)
+    assert info.limits == LIMITS.to_proto()
+
+
+def test_bad_credential_corpus_ids_unique() -> None:
+    assert len({case[0] for case in BAD_CREDENTIAL_CASES}) == len(BAD_CREDENTIAL_CASES)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code", "text"), [case[1:] for case in BAD_CREDENTIAL_CASES], ids=[case[0] for case in BAD_CREDENTIAL_CASES]
+)
+def test_bad_credentials_rejected(
+    token_target: TokenTarget, caplog: pytest.LogCaptureFixture,
+    metadata: tuple[tuple[str, str | bytes], ...], code: grpc.StatusCode, text: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(grpc.RpcError) as caught:
+        token_target.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30, metadata=metadata)
+    assert caught.value.code() == code, caught.value.details()
+    assert text in (caught.value.details() or "")
+    assert TOKEN not in (caught.value.details() or "")
+    assert_token_server_serves(token_target)
+
+    # The log names the rejection, but never a presented credential.
+    if code == UNAUTHENTICATED:
+        assert "GetServerInfo from ipv4:127.0.0.1:" in caplog.text
+        assert text in caplog.text
+    assert TOKEN not in caplog.text
+    assert "not-the-token" not in caplog.text
+    assert LARGE_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}", f"Bearer {TOKEN} "],
+    ids=["lowercase-scheme", "uppercase-scheme", "two-spaces", "trailing-space"],
+)
+def test_bearer_variants_accepted(token_target: TokenTarget, value: str) -> None:
+    """The interceptor matches the scheme in any case and strips whitespace around the token."""
+    info = token_target.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30, metadata=(("authorization", value),))
+    assert info.limits == LIMITS.to_proto()
+
+
+def test_rejected_calls_change_nothing(token_target: TokenTarget) -> None:
+    """A call without a valid token on any kind of RPC stores no dataset and queues no job."""
+    request = adapt_request()
+    wrong = (("authorization", "Bearer not-the-token"),)
+    stub = token_target.stub
+    calls = {
+        "SubmitJob": lambda: stub.SubmitJob(pb.SubmitJobRequest(inline_dataset=dataset(request), options=QUICK), timeout=30, metadata=wrong),
+        "UploadDataset": lambda: stub.UploadDataset(iter([pb.DatasetChunk(data=dataset(request).SerializeToString())]), timeout=30, metadata=wrong),
+        "Adapt": lambda: list(stub.Adapt(request, timeout=30, metadata=wrong)),
+        "ListJobs": lambda: stub.ListJobs(pb.ListJobsRequest(), timeout=30),
+        "WatchJob": lambda: list(stub.WatchJob(pb.WatchJobRequest(job_id="0" * 32), timeout=30, metadata=wrong)),
+        "DownloadModel": lambda: list(stub.DownloadModel(pb.DownloadModelRequest(job_id="0" * 32), timeout=30)),
+    }
+    for method, call in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == UNAUTHENTICATED, method
+    assert_token_server_serves(token_target)
+
+    listed = stub.ListJobs(pb.ListJobsRequest(), timeout=30, metadata=AUTHENTICATED)
+    assert list(listed.jobs) == []
+    assert list(token_target.server.store.datasets_dir.iterdir()) == []
+    assert list(token_target.server.store.staging_dir.iterdir()) == []
+
+
+def test_token_server_adapts_after_bad_credentials(token_target: TokenTarget) -> None:
+    for _, metadata, _, _ in BAD_CREDENTIAL_CASES:
+        with pytest.raises(grpc.RpcError):
+            token_target.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30, metadata=metadata)
+    assert_token_server_serves(token_target)
+    with Client(f"127.0.0.1:{token_target.server.port}", timeout=120, token=TOKEN) as client:
+        result = client.adapt(np.stack([noise(i) for i in range(6)]), [0, 0, 0, 1, 1, 1], inner_steps=1, finetune_steps=2)
+        assert result.metrics.support_examples == 6
+        assert client.get_job(result.request_id).state == pb.SUCCEEDED
