@@ -1,5 +1,6 @@
 """The server's command line as a real subprocess: a crash (SIGKILL) and a shutdown (SIGTERM) in
-the middle of a job, each followed by a restart on the same data directory."""
+the middle of a job, each followed by a restart on the same data directory. The last tests drive
+the server with the client's command line, `archadapt`, also as subprocesses."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
+from PIL import Image
 
 from archadapt.checkpoint import TENSORS_FILE
 from archadapt_client import Client
 from archadapt_client.v1 import archadapt_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The console script of the client, installed beside the interpreter that runs the tests.
+ARCHADAPT_CLI = Path(sys.executable).parent / "archadapt"
 START_TIMEOUT_S = 300.0
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 QUICK = {"inner_steps": 1, "finetune_steps": 2}
@@ -187,3 +192,149 @@ def test_sigterm_keeps_running_job_for_next_start(checkpoint_dir: Path, tmp_path
         assert resumed.state == pb.SUCCEEDED, resumed.error.message
         assert resumed.attempts == 2
         assert client.wait_for_job(queued.job_id).state == pb.SUCCEEDED
+
+
+# ---------------------------------------------------------------------------------------------
+# The client's command line against a server process
+# ---------------------------------------------------------------------------------------------
+
+
+def archadapt(*arguments: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """Run the `archadapt` command with `arguments` and return its exit status and output."""
+    assert ARCHADAPT_CLI.is_file(), f"{ARCHADAPT_CLI} is missing; install the client into the test environment"
+    return subprocess.run([str(ARCHADAPT_CLI), *arguments], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def write_npz(path: Path, labels: list[int], seed: int = 0) -> Path:
+    images = np.random.default_rng(seed).integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+    np.savez(path, images=images, labels=np.array(labels))
+    return path
+
+
+def cli_submit(address: str, data: Path, finetune_steps: int, seed: int = 0) -> str:
+    """Submit a job with `archadapt submit` and return its id, the last line of the output."""
+    completed = archadapt(
+        "submit", "--server", address, "--data", str(data), "--seed", str(seed),
+        "--inner-steps", "1", "--finetune-steps", str(finetune_steps),
+    )
+    assert completed.returncode == 0, completed.stderr
+    job_id = completed.stdout.splitlines()[-1]
+    assert len(job_id) == 32, completed.stdout
+    return job_id
+
+
+def cli_watch_succeeds(address: str, job_id: str) -> None:
+    completed = archadapt("watch", "--server", address, job_id)
+    assert completed.stdout.splitlines()[-1] == "SUCCEEDED", completed.stdout + completed.stderr
+    assert completed.returncode == 0, completed.stderr
+
+
+def cli_download(address: str, job_id: str, out: Path) -> bytes:
+    completed = archadapt("download", "--server", address, job_id, "--out", str(out))
+    assert completed.returncode == 0, completed.stderr
+    return out.read_bytes()
+
+
+def test_cli_jobs_survive_sigkill(checkpoint_dir: Path, tmp_path: Path, processes: list[ServerProcess]) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "server.log"
+    data = write_npz(tmp_path / "noise.npz", [0, 0, 0, 1, 1, 1])
+    first = start_server(checkpoint_dir, data_dir, log)
+    processes.append(first)
+
+    finished = cli_submit(first.address, data, QUICK["finetune_steps"], seed=1)
+    cli_watch_succeeds(first.address, finished)
+    model_before = cli_download(first.address, finished, tmp_path / "before.onnx")
+
+    running = cli_submit(first.address, data, LONG["finetune_steps"], seed=2)
+    with Client(first.address, timeout=60) as client:
+        wait_for_finetuning(client, running)
+        assert client.get_job(running).state == pb.RUNNING
+
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(timeout=30)
+
+    # The restart writes the same port file, with the new port, and resumes the job.
+    second = start_server(checkpoint_dir, data_dir, log)
+    processes.append(second)
+    cli_watch_succeeds(second.address, running)
+    model = cli_download(second.address, running, tmp_path / "after-crash.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "after-crash.onnx"), providers=["CPUExecutionProvider"])
+    assert len(session.get_inputs()) == 1
+    assert len(model) > 0
+
+    # The model finished before the crash comes back byte for byte.
+    assert cli_download(second.address, finished, tmp_path / "before-again.onnx") == model_before
+    status = archadapt("status", "--server", second.address, running)
+    assert status.returncode == 0, status.stderr
+    assert "attempts: 2" in status.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server process that queues at most one job and runs one at a time."""
+    directory = tmp_path_factory.mktemp("small-queue")
+    server = start_server(checkpoint_dir, directory / "data", directory / "server.log", "--max-queue", "1", "--max-concurrent-jobs", "1")
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait()
+
+
+def write_class_folders(root: Path, broken_png: bool) -> Path:
+    """Write two class folders of PNG images. With `broken_png`, one file is cut after 40 bytes."""
+    for label, name in enumerate(["left", "right"]):
+        (root / name).mkdir(parents=True)
+        for index in range(3):
+            image = np.random.default_rng(10 * label + index).integers(0, 256, size=(28, 28), dtype=np.uint8)
+            Image.fromarray(image).save(root / name / f"{index}.png")
+    if broken_png:
+        path = root / "right" / "1.png"
+        path.write_bytes(path.read_bytes()[:40])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [([0, 0, 0, 2, 2, 2], "have no image"), ([1] * 6, "at least 2")],
+    ids=["class-without-images", "single-class"],
+)
+def test_cli_malformed_dataset_rejected_by_server(
+    small_queue_server: ServerProcess, tmp_path: Path, labels: list[int], message: str
+) -> None:
+    """Datasets that the client loads without complaint but the server rejects on upload."""
+    data = write_npz(tmp_path / "bad.npz", labels)
+    completed = archadapt("submit", "--server", small_queue_server.address, "--data", str(data), "--inner-steps", "1", "--finetune-steps", "2")
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "INVALID_ARGUMENT" in completed.stderr
+    assert message in completed.stderr
+    assert completed.stdout.strip() == ""
+
+
+def test_cli_truncated_png_rejected_before_upload(small_queue_server: ServerProcess, tmp_path: Path) -> None:
+    folder = write_class_folders(tmp_path / "classes", broken_png=True)
+    completed = archadapt("submit", "--server", small_queue_server.address, "--data", str(folder), "--inner-steps", "1", "--finetune-steps", "2")
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert f"cannot decode image {folder / 'right' / '1.png'}" in completed.stderr
+    assert completed.stdout.strip() == ""
+
+
+def test_cli_submit_to_full_queue_fails(small_queue_server: ServerProcess, tmp_path: Path) -> None:
+    address = small_queue_server.address
+    data = write_class_folders(tmp_path / "classes", broken_png=False)
+    running = cli_submit(address, data, LONG["finetune_steps"], seed=1)
+    with Client(address, timeout=60) as client:
+        wait_for(client, running, lambda job: job.state == pb.RUNNING)
+    queued = cli_submit(address, data, QUICK["finetune_steps"], seed=2)
+
+    for seed in (3, 4):
+        completed = archadapt("submit", "--server", address, "--data", str(data), "--seed", str(seed), "--inner-steps", "1", "--finetune-steps", "2")
+        assert completed.returncode == 1, completed.stdout + completed.stderr
+        assert "RESOURCE_EXHAUSTED" in completed.stderr
+        assert "max_queued_jobs=1" in completed.stderr
+
+    # Both accepted jobs still run to the end, and the server lists no other job.
+    cli_watch_succeeds(address, running)
+    cli_watch_succeeds(address, queued)
+    listed = archadapt("jobs", "--server", address)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted([running, queued])
