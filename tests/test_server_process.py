@@ -31,6 +31,9 @@ FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 QUICK = {"inner_steps": 1, "finetune_steps": 2}
 # Long enough to be stopped in the middle, short enough to finish after the restart.
 LONG = {"inner_steps": 1, "finetune_steps": 300}
+# Seconds a server stays down in the slow restart test, more than the 10 one-second reattach
+# tries that the watch made before it backed off.
+SLOW_RESTART_S = 15.0
 
 
 @dataclass
@@ -267,6 +270,46 @@ def test_cli_jobs_survive_sigkill(checkpoint_dir: Path, tmp_path: Path, processe
     status = archadapt("status", "--server", second.address, running)
     assert status.returncode == 0, status.stderr
     assert "attempts: 2" in status.stdout.splitlines()
+
+
+def test_cli_watch_survives_slow_restart(checkpoint_dir: Path, tmp_path: Path, processes: list[ServerProcess]) -> None:
+    """A watch that runs through a crash reattaches to the restarted server on the same port."""
+    data_dir, log = tmp_path / "data", tmp_path / "server.log"
+    data = write_npz(tmp_path / "noise.npz", [0, 0, 0, 1, 1, 1])
+    first = start_server(checkpoint_dir, data_dir, log)
+    processes.append(first)
+    port = first.address.rsplit(":", 1)[1]
+    job_id = cli_submit(first.address, data, LONG["finetune_steps"], seed=3)
+    with Client(first.address, timeout=60) as client:
+        wait_for_finetuning(client, job_id)
+
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    with open(out, "w") as out_handle, open(err, "w") as err_handle:
+        watch = subprocess.Popen([str(ARCHADAPT_CLI), "watch", "--server", first.address, job_id], stdout=out_handle, stderr=err_handle, cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not out.read_text().strip() and watch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the watch prints its first event
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+
+        # A server that takes a while to come back, as one with a large checkpoint or in a new
+        # container does: the watch must keep trying instead of giving up after a few seconds.
+        time.sleep(SLOW_RESTART_S)
+        assert watch.poll() is None, f"the watch gave up while the server was down:\n{err.read_text()}"
+        second = start_server(checkpoint_dir, data_dir, log, "--port", port)
+        processes.append(second)
+        assert watch.wait(timeout=START_TIMEOUT_S) == 0, err.read_text()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+
+    lines = out.read_text().splitlines()
+    assert lines[-1] == "SUCCEEDED"
+    # Each event is printed once, in order, across both servers.
+    assert [int(line.split()[0]) for line in lines[:-1]] == list(range(len(lines) - 1))
+    assert "reattaching from event" in err.read_text()
 
 
 @pytest.fixture(scope="module")

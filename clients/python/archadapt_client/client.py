@@ -324,6 +324,9 @@ class Client:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # gRPC's default grows the wait between connection attempts to 120 s, so a channel
+            # could stay down for minutes after its server is back. This caps it at 10 s.
+            ("grpc.max_reconnect_backoff_ms", 10_000),
         ]
         if tls:
             credentials = grpc.ssl_channel_credentials(
@@ -559,13 +562,21 @@ class Client:
                 return
 
     def watch_job(
-        self, job_id: str, from_index: int = 0, *, reconnects: int = 10, reconnect_delay: float = 1.0
+        self,
+        job_id: str,
+        from_index: int = 0,
+        *,
+        reconnects: int = 10,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 10.0,
     ) -> Iterator[archadapt_pb2.JobEvent]:
         """Yield the job's events from ``from_index`` until the one that puts it in a final state.
 
         When the stream breaks with UNAVAILABLE (a lost connection or a restarting server),
-        the watch reattaches up to ``reconnects`` times, ``reconnect_delay`` seconds apart,
-        from the index after the last event received, so no event is lost or repeated.
+        the watch reattaches from the index after the last event received, so no event is lost
+        or repeated. It tries up to ``reconnects`` times in a row, waiting ``reconnect_delay``
+        seconds before the first try and twice as long before each next one, at most
+        ``max_reconnect_delay``. The defaults wait 75 s in all, enough for a server to restart.
         The stream has no deadline.
         """
         next_index, failures = from_index, 0
@@ -581,8 +592,12 @@ class Client:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= reconnects:
                     raise ArchadaptError.from_rpc_error(error) from error
                 failures += 1
-                logger.warning("watch of job %s lost (%s); reattaching from event %d", job_id, error.details(), next_index)
-                time.sleep(reconnect_delay)
+                delay = min(max_reconnect_delay, reconnect_delay * 2 ** (failures - 1))
+                logger.warning(
+                    "watch of job %s lost (%s); reattaching from event %d in %.1f s (try %d of %d)",
+                    job_id, error.details(), next_index, delay, failures, reconnects,
+                )
+                time.sleep(delay)
             finally:
                 stream.cancel()
 

@@ -71,7 +71,8 @@ def add_job_commands(
         "watch",
         help="print a job's events until it finishes",
         description="Print a job's events, one per line, until the job reaches a final state, then print the state "
-        "as the last line. The watch reattaches by itself after a lost connection or a server restart. "
+        "as the last line. The watch reattaches by itself after a lost connection or a server restart, "
+        "waiting up to 75 s in all. "
         "The exit status is 0 when the job SUCCEEDED and 1 otherwise.",
     )
     add_server_arguments(watch)
