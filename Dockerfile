@@ -64,4 +64,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
 # The default checkpoint is found relative to the installed server package, so point at the copy.
 # Jobs, datasets and models go to the /data volume, so a restarted container resumes its jobs.
 ENTRYPOINT ["archadapt-server"]
-CMD ["--host", "0.0.0.0", "--port", "50051", "--checkpoint", "/opt/archadapt/checkpoints/default", "--data-dir", "/data"]
+CMD ["--host", "0.0.0.0", "--port", "50051", "--checkpoint", "/opt/archadapt/checkpoints/default", "--data-dir", "/data", "--metrics-port", "9464"]

@@ -158,13 +158,13 @@ def adapt_task(
     progress("derive", 0, 1, 0.0)
     probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
     genotype = derive_genotype(checkpoint.space, probs)
+    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
+    inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
     progress("derive", 1, 1, 0.0)
     logger.info("derived genotype %s", genotype.to_json())
     timings["derive"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
-    inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
     finetune(
         network, support_images, support_labels, config.finetune, generator,
         on_step=lambda step, total, loss: progress("finetune", step, total, loss),

@@ -72,7 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(args.device)
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            logger.error("--device is %r; use auto, cpu, cuda or cuda:N", args.device)
+            return 2
+        if device.type == "cuda" and not torch.cuda.is_available():
+            logger.error("--device is %s but this torch build sees no CUDA device; use --device cpu or auto", args.device)
+            return 2
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            logger.error(
+                "--device is %s but only %d CUDA device(s) are visible; use cuda:0 to cuda:%d",
+                args.device, torch.cuda.device_count(), torch.cuda.device_count() - 1,
+            )
+            return 2
+        if device.type not in ("cpu", "cuda"):
+            logger.error("--device is %s; use auto, cpu, cuda or cuda:N", args.device)
+            return 2
     try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
     except CheckpointError as error:

@@ -95,6 +95,7 @@ def test_entry_command_serves_and_stops(tmp_path: Path) -> None:
     argv = replace_option(argv, "--port", "0")
     argv = replace_option(argv, "--checkpoint", str(REPO_ROOT / "checkpoints" / "default"))
     argv = replace_option(argv, "--data-dir", str(tmp_path / "data"))
+    argv = replace_option(argv, "--metrics-port", "0")
     assert not any(part.startswith(IMAGE_ROOT) or part == "/data" for part in argv), argv
     port_file, log = tmp_path / "port", tmp_path / "server.log"
 

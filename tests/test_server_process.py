@@ -384,3 +384,19 @@ def test_cli_submit_to_full_queue_fails(small_queue_server: ServerProcess, tmp_p
     listed = archadapt("jobs", "--server", address)
     assert listed.returncode == 0, listed.stderr
     assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted([running, queued])
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tpu"])
+def test_unusable_device_refused_at_start(checkpoint_dir: Path, tmp_path: Path, device: str) -> None:
+    """A device the server cannot use stops it at start, rather than failing every job later."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a CUDA device 7")
+    completed = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", "--checkpoint", str(checkpoint_dir),
+         "--data-dir", str(tmp_path / "data"), "--device", device],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 2
+    assert f"--device is {device}" in completed.stderr or f"--device is '{device}'" in completed.stderr

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +114,29 @@ def test_invalid_timeout_is_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 
     assert raised.value.code == 2
     assert "invalid timeout '0'" in capsys.readouterr().err
+
+
+GENOTYPE = {
+    "normal": [["avg_pool_3x3", 0], ["skip_connect", 1], ["sep_conv_3x3", 0], ["dil_conv_3x3", 2],
+               ["max_pool_3x3", 1], ["sep_conv_5x5", 3], ["dil_conv_5x5", 0], ["skip_connect", 4]],
+    "reduce": [["max_pool_3x3", 0], ["sep_conv_3x3", 1], ["skip_connect", 2], ["avg_pool_3x3", 0],
+               ["dil_conv_3x3", 1], ["sep_conv_5x5", 3], ["max_pool_3x3", 4], ["sep_conv_3x3", 2]],
+}
+
+
+def test_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`archadapt show ... | head -0`: the reader is gone before the command writes."""
+    genotype = tmp_path / "genotype.json"
+    genotype.write_text(json.dumps(GENOTYPE))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "archadapt_client", "show", str(genotype), "--json"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    assert "Broken pipe" not in completed.stderr and "BrokenPipeError" not in completed.stderr

@@ -583,6 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_FAILURE
         else:
             run_info(args, sys.stdout)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below, not at exit
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`): stop quietly, and keep Python's exit
+        # handler from failing again when it flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     except (ArchadaptError, ValueError, OSError, ImportError) as error:
         # ValueError covers DatasetError, TritonExportError, GenotypeError and out-of-range options.
         logger.debug("command %s failed", args.command, exc_info=True)
