@@ -138,3 +138,20 @@ def test_submit_command_as_subprocess(address: str, data_file: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )
     assert again.stdout.splitlines()[-1] == job_id
+
+
+def test_submit_and_download_show_byte_progress(capsys: pytest.CaptureFixture[str], address: str, data_file: Path, tmp_path: Path) -> None:
+    """Uploads and downloads can take long for large datasets, so both draw a bar on stderr."""
+    status, lines, err = run(capsys, "submit", "--server", address, "--data", str(data_file), "--inner-steps", "1", "--finetune-steps", "2")
+    assert status == 0, err
+    assert "upload" in err
+    job_id = lines[-1]
+    assert run(capsys, "watch", "--server", address, job_id)[0] == 0
+
+    status, _, err = run(capsys, "download", "--server", address, job_id, "--out", str(tmp_path / "model.onnx"))
+    assert status == 0, err
+    assert "download" in err
+
+    status, _, err = run(capsys, "--no-progress", "download", "--server", address, job_id, "--out", str(tmp_path / "again.onnx"))
+    assert status == 0, err
+    assert "download" not in err

@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "show":
             run_show(args, sys.stdout)
         elif args.command in JOB_COMMANDS:
-            if not run_job_command(args, open_client, sys.stdout):
+            if not run_job_command(args, open_client, sys.stdout, sys.stderr):
                 return EXIT_FAILURE
         else:
             run_info(args, sys.stdout)

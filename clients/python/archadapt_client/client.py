@@ -481,22 +481,28 @@ class Client:
         class_names: Sequence[str] | None = None,
         *,
         chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+        on_bytes: Callable[[int, int], None] | None = None,
     ) -> archadapt_pb2.DatasetInfo:
         """Upload a dataset in chunks and return its DatasetInfo; ``dataset_id`` is its SHA-256.
 
         ``images``, ``labels`` and ``class_names`` are described in build_request. A dataset
         may be larger than one message, up to the server's ``limits.max_dataset_bytes``.
-        Uploading the same dataset twice returns the same id.
+        Uploading the same dataset twice returns the same id. ``on_bytes(sent, total)`` is
+        called as each chunk is handed to gRPC.
         """
         if not 1 <= chunk_bytes <= UPLOAD_CHUNK_BYTES:
             raise ValueError(f"invalid chunk_bytes {chunk_bytes!r}; expected 1 to {UPLOAD_CHUNK_BYTES}")
         data = dataset_bytes(images, labels, class_names)
         logger.debug("uploading a dataset of %d bytes in chunks of %d", len(data), chunk_bytes)
-        chunks = (
-            archadapt_pb2.DatasetChunk(data=data[offset : offset + chunk_bytes])
-            for offset in range(0, len(data), chunk_bytes)
-        )
-        return self._stub.UploadDataset(chunks, timeout=self.timeout, metadata=self._metadata)
+
+        def chunks() -> Iterator[archadapt_pb2.DatasetChunk]:
+            for offset in range(0, len(data), chunk_bytes):
+                chunk = data[offset : offset + chunk_bytes]
+                yield archadapt_pb2.DatasetChunk(data=chunk)
+                if on_bytes is not None:
+                    on_bytes(offset + len(chunk), len(data))
+
+        return self._stub.UploadDataset(chunks(), timeout=self.timeout, metadata=self._metadata)
 
     @translate_rpc_errors
     def submit_job(
@@ -610,12 +616,20 @@ class Client:
                 on_progress(ProgressUpdate.from_message(event.progress))
         return self.get_job(job_id)
 
-    def download_model(self, job_id: str, path: str | os.PathLike[str] | None = None, *, reconnects: int = 5) -> bytes:
+    def download_model(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        reconnects: int = 5,
+        on_bytes: Callable[[int, int], None] | None = None,
+    ) -> bytes:
         """Download the ONNX model of a SUCCEEDED job, check its size and SHA-256, and return it.
 
         With ``path`` the model is also written there, through a temporary file and a rename,
         so the path never contains a partial model. A download that breaks with UNAVAILABLE
-        resumes at the byte where it stopped, up to ``reconnects`` times.
+        resumes at the byte where it stopped, up to ``reconnects`` times. ``on_bytes(received,
+        total)`` is called after each chunk.
         """
         job = self.get_job(job_id)
         model, total, failures = bytearray(), None, 0
@@ -630,6 +644,8 @@ class Client:
                         )
                     total = chunk.total_bytes
                     model.extend(chunk.data)
+                    if on_bytes is not None:
+                        on_bytes(len(model), total)
                 if total is None:
                     total = 0
             except grpc.RpcError as error:

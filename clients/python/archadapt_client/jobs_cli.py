@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from google.protobuf import json_format
+from tqdm import tqdm
 
 from archadapt_client.client import Client, phase_name
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
@@ -97,7 +98,20 @@ def add_job_commands(
     jobs.add_argument("--limit", type=int, default=50, metavar="N", help="print at most N jobs (default: 50)")
 
 
-def run_job_command(args: argparse.Namespace, open_client: Callable[[argparse.Namespace], Client], stdout: TextIO) -> bool:
+def byte_bar(description: str, args: argparse.Namespace, stderr: TextIO) -> tuple[tqdm, Callable[[int, int], None]]:
+    """Return a tqdm bar of bytes on stderr and the (done, total) callback that advances it."""
+    bar = tqdm(desc=description, unit="B", unit_scale=True, file=stderr, disable=args.no_progress, leave=False)
+
+    def advance(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, advance
+
+
+def run_job_command(
+    args: argparse.Namespace, open_client: Callable[[argparse.Namespace], Client], stdout: TextIO, stderr: TextIO
+) -> bool:
     """Run a job command and return whether it succeeded; ``watch`` fails when the job did not succeed.
 
     ``open_client`` builds the Client from the connection options. With ``--json`` each
@@ -105,7 +119,7 @@ def run_job_command(args: argparse.Namespace, open_client: Callable[[argparse.Na
     """
     with open_client(args) as client:
         if args.command == "submit":
-            return run_submit(client, args, stdout)
+            return run_submit(client, args, stdout, stderr)
         if args.command == "status":
             job = client.get_job(args.job_id)
             if args.json:
@@ -123,7 +137,9 @@ def run_job_command(args: argparse.Namespace, open_client: Callable[[argparse.Na
                 print(archadapt_pb2.JobState.Name(job.state), file=stdout)
             return True
         if args.command == "download":
-            model = client.download_model(args.job_id, args.out)
+            bar, advance = byte_bar("download", args, stderr)
+            with bar:
+                model = client.download_model(args.job_id, args.out, on_bytes=advance)
             if args.json:
                 _print_json({"model": str(args.out), "bytes": len(model)}, stdout)
             else:
@@ -143,14 +159,22 @@ def _print_json(document: object, stdout: TextIO) -> None:
     print(json.dumps(document, separators=(",", ":")), file=stdout, flush=True)
 
 
-def run_submit(client: Client, args: argparse.Namespace, stdout: TextIO) -> bool:
+def run_submit(client: Client, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> bool:
     if args.labels is not None:
         dataset = load_idx(args.data, args.labels)
     elif args.data.is_file() and args.data.suffix.lower() != ".npz":
         raise DatasetError(f"--data {args.data} is neither a directory nor an .npz file; for an IDX image file, also pass --labels")
     else:
-        dataset = load_dataset(args.data)
-    info = client.upload_dataset(dataset.images, dataset.labels, dataset.class_names)
+        with tqdm(desc="load", unit="image", file=stderr, disable=args.no_progress, leave=False) as bar:
+
+            def show_loaded(loaded: int, total: int) -> None:
+                bar.total = total
+                bar.update(loaded - bar.n)
+
+            dataset = load_dataset(args.data, on_image=show_loaded)
+    bar, advance = byte_bar("upload", args, stderr)
+    with bar:
+        info = client.upload_dataset(dataset.images, dataset.labels, dataset.class_names, on_bytes=advance)
     if not args.json:
         print(f"dataset: {info.dataset_id} ({info.size_bytes} bytes, {info.images} images, {info.classes} classes)", file=stdout)
     job = client.submit_job(
