@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Time the standard request and a larger one end to end through a real server, phase by phase.
+
+- standard: Fashion-MNIST, 10 classes, 20 images each, 28x28 grayscale, sent as PNG files;
+- large: 1,000 Fashion-MNIST images (10 classes, 100 each) scaled to 64x64 and tinted into RGB,
+  sent as PNG files, which the server converts to the checkpoint's input.
+
+The server adapts on CUDA when torch sees a GPU, else on the CPU. Appends a table with the
+command, commit, device and machine to docs/benchmarks.md (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from archadapt.checkpoint import load_checkpoint
+from archadapt_client import Client
+from archadapt_client.loaders import read_idx
+from markdown_report import append_section, machine_description
+from server.app import create_server
+from server.request_decoding import RequestLimits
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
+
+
+def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    chosen = np.concatenate([rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in range(10)])
+    return images[chosen], labels[chosen]
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tinted_rgb(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Scale a grayscale image to side x side and multiply it by a random colour."""
+    scaled = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), dtype=np.float32)
+    colour = rng.uniform(0.4, 1.0, size=3)
+    return (scaled[..., None] * colour).clip(0, 255).astype(np.uint8)
+
+
+def requests(seed: int) -> dict[str, tuple[list[bytes], list[int]]]:
+    images, labels = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    small_x, small_y = draw(images, labels, 20, rng)
+    large_x, large_y = draw(images, labels, 100, rng)
+    return {
+        "standard (200 x 28x28 gray)": ([png(x) for x in small_x], small_y.tolist()),
+        "large (1,000 x 64x64 RGB)": ([png(tinted_rgb(x, 64, rng)) for x in large_x], large_y.tolist()),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image draw and of the adaptation")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file to append to")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = load_checkpoint(ROOT / "checkpoints" / "default")
+    running = create_server("127.0.0.1:0", checkpoint, device, RequestLimits(max_images=2000))
+    rows = []
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=1800) as client:
+            for name, (images, labels) in requests(args.seed).items():
+                started = time.perf_counter()
+                result = client.adapt(images, labels, seed=args.seed)
+                seconds = time.perf_counter() - started
+                rows.append((name, seconds, result.timings, result.metrics.validation_accuracy))
+                print(f"{name}: {seconds:.1f} s, validation accuracy {result.metrics.validation_accuracy:.3f}", flush=True)
+    finally:
+        running.stop(grace=1.0)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    lines = [
+        "",
+        f"## Standard and large requests end to end on {device_name} ({datetime.date.today().isoformat()})",
+        "",
+        f"- Command: `python benchmarks/standard_requests.py --seed {args.seed}`",
+        f"- Commit: {commit}; device {device}; machine: {machine_description()}",
+        "- Images sent as PNG files, decoded when the server admits the request (in the total, in no phase). Times in seconds.",
+        "",
+        "| request | total | " + " | ".join(PHASES) + " | validation accuracy |",
+        "|---|---|" + "---|" * len(PHASES) + "---|",
+    ]
+    for name, seconds, timings, accuracy in rows:
+        phases = " | ".join(f"{timings.get(phase, 0.0):.2f}" for phase in PHASES)
+        lines.append(f"| {name} | {seconds:.1f} | {phases} | {accuracy:.3f} |")
+    append_section(args.output, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
