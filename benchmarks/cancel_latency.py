@@ -16,7 +16,6 @@ import argparse
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from archadapt_client import Client, load_dataset  # noqa: E402
 from archadapt_client.client import build_request  # noqa: E402
 from archadapt_client.v1 import archadapt_pb2 as pb  # noqa: E402
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc  # noqa: E402
-from benchmarks.markdown_report import append_section, machine_description  # noqa: E402
+from benchmarks.markdown_report import append_section, current_commit, machine_description  # noqa: E402
 from server.app import create_server  # noqa: E402
 
 DATA = REPO_ROOT / "examples" / "fashion-mnist" / "support.npz"
@@ -121,7 +120,7 @@ def main() -> int:
         finally:
             server.stop(grace=1.0)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+    commit = current_commit()
     lines = [
         "",
         f"## Cancellation latency, {time.strftime('%Y-%m-%d', time.gmtime())}",

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import io
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from archadapt.checkpoint import load_checkpoint
 from archadapt_client import Client
 from archadapt_client.loaders import read_idx
-from markdown_report import append_section, machine_description
+from markdown_report import append_section, current_commit, machine_description
 from server.app import create_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +56,6 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else float("nan")
     return float(array.mean()), float(half)
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -122,7 +114,7 @@ def main() -> int:
         "",
         f"- Command: `python benchmarks/demo_task.py --seeds {args.seeds} --shots {args.shots} --heldout {args.heldout}"
         f"{' --png' if args.png else ''}`",
-        f"- Commit: {commit()}; checkpoint `{checkpoint.checkpoint_id}`; device {device}",
+        f"- Commit: {current_commit()}; checkpoint `{checkpoint.checkpoint_id}`; device {device}",
         f"- Machine: {machine_description()}",
         f"- {args.seeds} tasks, {args.heldout} held-out images per class each; mean with a 95% confidence interval.",
         f"- Support images sent as {'PNG files (decoded at admission, in no phase)' if args.png else 'raw uint8 arrays'}.",

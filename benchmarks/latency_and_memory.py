@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import io
 import json
 import resource
 import subprocess
@@ -26,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from PIL import Image
 
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import load_checkpoint
@@ -37,7 +35,8 @@ from archadapt.network import DerivedNetwork
 from archadapt.posterior import op_probs
 from archadapt.supernet import ALPHA_NAMES
 from archadapt_client.v1 import archadapt_pb2 as pb
-from markdown_report import append_section, machine_description
+from demo_task import png_files
+from markdown_report import append_section, current_commit, machine_description
 from server.request_decoding import RequestLimits, decode_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,11 +110,9 @@ def measure_decoding(images: int, repeats: int) -> float:
     rng = np.random.default_rng(0)
     request = pb.AdaptRequest()
     request.class_names.extend([str(c) for c in range(NUM_CLASSES)])
-    for index in range(images):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
-        request.images.add(encoded=buffer.getvalue())
-        request.labels.append(index % NUM_CLASSES)
+    for encoded in png_files(rng.integers(0, 256, (images, 28, 28), dtype=np.uint8)):
+        request.images.add(encoded=encoded)
+    request.labels.extend(index % NUM_CLASSES for index in range(images))
     spec = load_checkpoint(CHECKPOINT).spec
     limits = RequestLimits(max_images=max(images, RequestLimits.max_images))
     return median_seconds(lambda: decode_request(request, spec, limits), repeats)
@@ -141,7 +138,7 @@ def main() -> int:
     decoding = measure_decoding(1000, 5)
     print(f"decode and validate 1,000 PNG images: {decoding:.3f} s", flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = current_commit()
     lines = [
         "",
         f"## Inference latency, inner-loop memory and request decoding ({datetime.date.today().isoformat()})",

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
 
 PAGE_HEADER = "# Benchmarks\n\nEach section is appended by the script named in its command line.\n"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def current_commit() -> str:
+    """Return the short hash of the checked-out commit, or "unknown" outside a git checkout."""
+    try:
+        completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return completed.stdout.strip()
 
 
 def machine_description() -> str:

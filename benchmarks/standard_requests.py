@@ -5,7 +5,7 @@
 - large: 1,000 Fashion-MNIST images (10 classes, 100 each) scaled to 64x64 and tinted into RGB,
   sent as PNG files, which the server converts to the checkpoint's input.
 
-The server adapts on CUDA when torch sees a GPU, else on the CPU. Appends a table with the
+The server adapts on CUDA when torch finds a GPU, else on the CPU. Appends a table with the
 command, commit, device and machine to docs/benchmarks.md (or --output).
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,24 +24,14 @@ from PIL import Image
 from archadapt.checkpoint import load_checkpoint
 from archadapt_client import Client
 from archadapt_client.loaders import read_idx
-from markdown_report import append_section, machine_description
+from demo_task import draw, png_files
+from markdown_report import append_section, current_commit, machine_description
 from server.app import create_server
 from server.request_decoding import RequestLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
-
-
-def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    chosen = np.concatenate([rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in range(10)])
-    return images[chosen], labels[chosen]
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def tinted_rgb(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,8 +47,8 @@ def requests(seed: int) -> dict[str, tuple[list[bytes], list[int]]]:
     small_x, small_y = draw(images, labels, 20, rng)
     large_x, large_y = draw(images, labels, 100, rng)
     return {
-        "standard (200 x 28x28 gray)": ([png(x) for x in small_x], small_y.tolist()),
-        "large (1,000 x 64x64 RGB)": ([png(tinted_rgb(x, 64, rng)) for x in large_x], large_y.tolist()),
+        "standard (200 x 28x28 gray)": (png_files(small_x), small_y.tolist()),
+        "large (1,000 x 64x64 RGB)": (png_files(np.stack([tinted_rgb(x, 64, rng) for x in large_x])), large_y.tolist()),
     }
 
 
@@ -85,7 +73,7 @@ def main() -> int:
     finally:
         running.stop(grace=1.0)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = current_commit()
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     lines = [
         "",
