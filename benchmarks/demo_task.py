@@ -5,9 +5,9 @@ For each seed, draw 20 support images per class from the Fashion-MNIST training 
 held-out images per class from the t10k file, and send the support set to a server on loopback.
 The returned ONNX model is scored in onnxruntime on the held-out images. A logistic regression
 on the raw pixels of the same support images is the floor. With --png the images travel as PNG
-files, as most users send them; the server decodes them when it admits the request, so the
-decoding counts in the request time but in no phase. Appends a table with
-the command, commit and machine to docs/benchmarks.md.
+files. The server decodes them when it admits the request, so the decoding counts in the
+request time but in no phase. Appends a table with the command, commit and machine to
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

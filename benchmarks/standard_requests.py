@@ -35,10 +35,10 @@ PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
 
 
 def tinted_rgb(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
-    """Scale a grayscale image to side x side and multiply it by a random colour."""
+    """Scale a grayscale image to side x side and multiply it by a random color."""
     scaled = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), dtype=np.float32)
-    colour = rng.uniform(0.4, 1.0, size=3)
-    return (scaled[..., None] * colour).clip(0, 255).astype(np.uint8)
+    color = rng.uniform(0.4, 1.0, size=3)
+    return (scaled[..., None] * color).clip(0, 255).astype(np.uint8)
 
 
 def requests(seed: int) -> dict[str, tuple[list[bytes], list[int]]]:

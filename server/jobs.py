@@ -185,11 +185,11 @@ class JobManager:
         finally:
             staged.unlink(missing_ok=True)
 
-    def _check_disk(self, needed_bytes: float, what: str) -> None:
+    def _check_disk(self, needed_bytes: float, operation: str) -> None:
         limit = self.job_limits.max_disk_bytes
         if limit and needed_bytes > limit:
             raise ResourceExhausted(
-                f"{what} would take the data directory to {int(needed_bytes)} bytes, above max_disk_bytes={limit}; "
+                f"{operation} would take the data directory to {int(needed_bytes)} bytes, above max_disk_bytes={limit}; "
                 "retry after finished results expire, or ask the operator to raise --max-disk-bytes",
                 retry_after=min(self.job_limits.result_ttl_seconds or 3600.0, 3600.0),
             )

@@ -1,7 +1,7 @@
 """Registration of the Adaptation service with request parsing that reports bad bytes as such.
 
 gRPC Python rejects a request whose bytes fail to parse with INTERNAL ("Exception deserializing
-request!") before any handler runs, which tells the client that the server broke. Here each
+request!") before any handler runs, which reports a server fault for a client error. Here each
 parse failure becomes an UnparsableRequest that the handler rejects with INVALID_ARGUMENT.
 """
 

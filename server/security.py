@@ -51,13 +51,13 @@ class ServerSecurity:
         return server.add_secure_port(address, self.credentials)
 
 
-def _read_pem(path: Path, what: str) -> bytes:
+def _read_pem(path: Path, description: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise SecurityConfigError(f"cannot read the {what} {path}: {error}") from error
+        raise SecurityConfigError(f"cannot read the {description} {path}: {error}") from error
     if b"-----BEGIN " not in data:
-        raise SecurityConfigError(f"the {what} {path} is not a PEM file; expected a '-----BEGIN ...' block")
+        raise SecurityConfigError(f"the {description} {path} is not a PEM file; expected a '-----BEGIN ...' block")
     return data
 
 

@@ -1,8 +1,8 @@
 """The command line's --json output, exit codes, `archadapt show` and the Triton export.
 
-A real server on 127.0.0.1 with the tiny e2e checkpoint adapts once (module fixture), and the
-tests read the returned ONNX model with the onnx package to check the client's own ONNX reader,
-the genotype diagram and the Triton config against it.
+A real server on 127.0.0.1 with the tiny e2e checkpoint adapts once (module fixture). The tests
+read the returned ONNX model with the onnx package, and check the client's own ONNX reader, the
+genotype diagram and the Triton config against it.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def test_submit_command_as_subprocess(address: str, data_file: Path) -> None:
     assert again.stdout.splitlines()[-1] == job_id
 
 
-def test_submit_and_download_show_byte_progress(capsys: pytest.CaptureFixture[str], address: str, data_file: Path, tmp_path: Path) -> None:
+def test_transfers_show_byte_progress(capsys: pytest.CaptureFixture[str], address: str, data_file: Path, tmp_path: Path) -> None:
     """Uploads and downloads can take long for large datasets, so both draw a bar on stderr."""
     status, lines, err = run(capsys, "submit", "--server", address, "--data", str(data_file), "--inner-steps", "1", "--finetune-steps", "2")
     assert status == 0, err

@@ -139,4 +139,5 @@ def test_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
         os.close(write_end)
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
-    assert "Broken pipe" not in completed.stderr and "BrokenPipeError" not in completed.stderr
+    assert "Broken pipe" not in completed.stderr
+    assert "BrokenPipeError" not in completed.stderr
