@@ -5,7 +5,9 @@ Architectures are sampled with the Gumbel-Softmax relaxation:
 - "hard" draws one primitive per edge with the straight-through estimator and computes only
   that primitive (as in GDAS), so a forward pass costs about one primitive per edge, while the
   gradient still reaches the alpha logits;
-- "mode" takes the most probable primitive per edge without noise (used for evaluation).
+- "mode" takes the most probable primitive per edge without noise (used for evaluation);
+- "relaxed" mixes every primitive by softmax(alpha / temperature) without noise, the continuous
+  relaxation of DARTS (used by the architecture-search baseline).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from archadapt.cells import Normalize, cell_channels, embedding_dim, make_prepro
 from archadapt.operations import OPS
 from archadapt.search_space import InputSpec, SearchSpace
 
-SamplingMode = Literal["soft", "hard", "mode"]
-SAMPLING_MODES: tuple[str, ...] = ("soft", "hard", "mode")
+SamplingMode = Literal["soft", "hard", "mode", "relaxed"]
+SAMPLING_MODES: tuple[str, ...] = ("soft", "hard", "mode", "relaxed")
 
 
 def sample_op_weights(
@@ -33,6 +35,8 @@ def sample_op_weights(
     if mode == "mode":
         index = alpha.argmax(dim=-1)
         return nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype), index
+    if mode == "relaxed":
+        return torch.softmax(alpha / temperature, dim=-1), None
     # Noise is drawn on the CPU so that a seed gives the same architectures on every device.
     uniform = torch.rand(alpha.shape, generator=generator).clamp(1e-10, 1.0 - 1e-7)
     gumbel = (-torch.log(-torch.log(uniform))).to(alpha.device)

@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+"""Compare BASE with the alternatives a practitioner would pick, on the same few-shot tasks.
+
+Settings: glyph tasks from the meta_test scripts (5-way and 20-way, 1 and 5 shots, the
+Omniglot protocol) and Fashion-MNIST tasks (5-way and 10-way, 5 and 20 shots), a domain that
+meta-training never saw. Task i of a setting is the same for every method, so differences are
+paired. Every method gets the same adaptation budget: `--inner-steps` steps of architecture
+and weight adaptation (or search), then `--finetune-steps` steps of training the derived
+network with the serving recipe. Accuracy is measured in PyTorch on the query images.
+
+Each finished task is one line in a JSON Lines file, so an interrupted run resumes where it
+stopped when started again with the same options. The report (a table per setting with 95%
+confidence intervals, parameters, multiply-accumulates, times and the meta-training cost each
+row relies on) is appended to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import datetime
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from archadapt.adaptation import ServingConfig
+from archadapt.checkpoint import Checkpoint, load_checkpoint
+from archadapt.config import FinetuneConfig
+from archadapt.derivation import derive_genotype
+from archadapt.finetune import finetune
+from archadapt.genotype import Genotype
+from archadapt.inner_loop import Prior, run_inner_loop
+from archadapt.network import DerivedNetwork, count_multiply_accumulates, count_parameters, inherit_weights
+from archadapt.posterior import op_probs
+from archadapt.search_space import InputSpec, SearchSpace
+from archadapt.supernet import ALPHA_NAMES, Supernet
+from archadapt_client.loaders import read_idx
+from markdown_report import append_section, current_commit, machine_description
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+# name -> (source, way, shot)
+SETTINGS: dict[str, tuple[str, int, int]] = {
+    "glyphs-5way-1shot": ("glyphs", 5, 1),
+    "glyphs-5way-5shot": ("glyphs", 5, 5),
+    "glyphs-20way-1shot": ("glyphs", 20, 1),
+    "glyphs-20way-5shot": ("glyphs", 20, 5),
+    "fashion-5way-5shot": ("fashion", 5, 5),
+    "fashion-5way-20shot": ("fashion", 5, 20),
+    "fashion-10way-5shot": ("fashion", 10, 5),
+    "fashion-10way-20shot": ("fashion", 10, 20),
+}
+GLYPH_QUERY_PER_CLASS = 10
+FASHION_QUERY_PER_CLASS = 50
+
+
+@dataclass
+class Task:
+    """Support and query images (N, 1, H, W) float32 in [0, 1] with labels in [0, way)."""
+
+    support_images: torch.Tensor
+    support_labels: torch.Tensor
+    query_images: torch.Tensor
+    query_labels: torch.Tensor
+    way: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    accuracy: float
+    parameters: int
+    multiply_accumulates: int
+    adapt_seconds: float  # architecture and weight adaptation, or search
+    finetune_seconds: float  # deriving and training the final network
+    genotype: str = ""
+
+
+@dataclass(frozen=True)
+class Budget:
+    inner_steps: int
+    finetune_steps: int
+
+    def serving(self) -> ServingConfig:
+        base = ServingConfig()
+        return replace(
+            base,
+            inner=replace(base.inner, inner_steps=self.inner_steps),
+            finetune=replace(base.finetune, steps=self.finetune_steps),
+            validation_fraction=0.0,
+        )
+
+
+class TaskSource:
+    """Draws task i of a setting the same way on every run."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+        self._glyph_sampler = None
+        self._fashion = None
+
+    def task(self, setting: str, index: int) -> Task:
+        source, way, shot = SETTINGS[setting]
+        rng = np.random.default_rng([list(SETTINGS).index(setting), index, 7_919])
+        if source == "glyphs":
+            episode = self.glyph_sampler().sample(rng, way=way, shot=shot)
+            return Task(episode.support_images, episode.support_labels, episode.query_images, episode.query_labels, way)
+        train_images, train_labels, test_images, test_labels = self.fashion()
+        classes = rng.choice(10, size=way, replace=False)
+        support = np.concatenate([rng.choice(np.nonzero(train_labels == c)[0], shot, replace=False) for c in classes])
+        query = np.concatenate([
+            rng.choice(np.nonzero(test_labels == c)[0], FASHION_QUERY_PER_CLASS, replace=False) for c in classes
+        ])
+        labels = torch.arange(way).repeat_interleave
+        return Task(
+            torch.from_numpy(train_images[support]).float().div(255.0)[:, None],
+            labels(shot),
+            torch.from_numpy(test_images[query]).float().div(255.0)[:, None],
+            labels(FASHION_QUERY_PER_CLASS),
+            way,
+        )
+
+    def glyph_sampler(self):
+        if self._glyph_sampler is None:
+            from meta_trainer.config import MetaTrainConfig
+            from meta_trainer.glyphs import load_or_build_glyph_bank
+            from meta_trainer.task_distribution import EpisodeSampler
+
+            config = MetaTrainConfig()
+            bank = load_or_build_glyph_bank(
+                ROOT / config.glyph_cache_dir, font_dir=Path(config.font_dir),
+                image_size=self.checkpoint.spec.height, max_classes_per_script=config.tasks.max_classes_per_script,
+            ).split("meta_test")
+            # The renderings of one letter in the fonts of one family are nearly identical, so
+            # without the meta-training distortions a glyph task measures font matching.
+            self._glyph_sampler = EpisodeSampler(bank, 2, 20, 1, 10, GLYPH_QUERY_PER_CLASS, augment=True)
+        return self._glyph_sampler
+
+    def fashion(self):
+        if self._fashion is None:
+            self._fashion = (
+                read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz"),
+                read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz"),
+            )
+        return self._fashion
+
+
+def query_accuracy(network: nn.Module, task: Task) -> float:
+    network.eval()
+    with torch.no_grad():
+        predictions = network(task.query_images).argmax(dim=1)
+    return float((predictions == task.query_labels).float().mean())
+
+
+def describe(network: DerivedNetwork, spec: InputSpec, task: Task, adapt_seconds: float, finetune_seconds: float) -> Outcome:
+    return Outcome(
+        accuracy=query_accuracy(network, task),
+        parameters=count_parameters(network),
+        multiply_accumulates=count_multiply_accumulates(network, spec),
+        adapt_seconds=adapt_seconds,
+        finetune_seconds=finetune_seconds,
+        genotype=network.genotype.to_json(),
+    )
+
+
+def adapt_from_prior(
+    checkpoint: Checkpoint,
+    task: Task,
+    config: ServingConfig,
+    seed: int,
+    *,
+    genotype: Genotype | None = None,
+    inherit: bool = True,
+) -> Outcome:
+    """BASE and its variants: inner loop from the prior, derivation, fine-tuning.
+
+    `genotype` replaces the derived one; `inherit=False` trains the derived network from its
+    random initialization instead of the adapted supernet weights.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    supernet = checkpoint.build_supernet()
+    started = time.perf_counter()
+    posterior = run_inner_loop(
+        supernet, checkpoint.prior, task.support_images, task.support_labels, task.way, config.inner, generator=generator
+    )
+    adapt_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if genotype is None:
+        probs = {cell_type: op_probs(posterior.parameters[name]).detach() for cell_type, name in ALPHA_NAMES.items()}
+        genotype = derive_genotype(checkpoint.space, probs)
+    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, task.way)
+    if inherit:
+        inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
+    finetune(network, task.support_images, task.support_labels, config.finetune, generator)
+    return describe(network, checkpoint.spec, task, adapt_seconds, time.perf_counter() - started)
+
+
+def random_genotype(space: SearchSpace, rng: np.random.Generator) -> Genotype:
+    """A genotype drawn uniformly from those the derivation rule can return."""
+    primitives = [p for p in space.primitives if p != "none"]
+
+    def cell() -> tuple[tuple[str, int], ...]:
+        pairs = []
+        for target in range(2, space.nodes + 2):
+            sources = sorted(rng.choice(target, size=2, replace=False).tolist())
+            pairs += [(str(rng.choice(primitives)), int(source)) for source in sources]
+        return tuple(pairs)
+
+    return Genotype(normal=cell(), reduce=cell())
+
+
+def darts_from_scratch(
+    space: SearchSpace, spec: InputSpec, task: Task, search_steps: int, finetune_config: FinetuneConfig, seed: int
+) -> Outcome:
+    """First-order DARTS on the task from a random initialization, then training from scratch.
+
+    The search alternates an Adam step on the alpha logits (on one half of each class's support
+    images) and an SGD step on the weights (on the other half), both through the continuous
+    relaxation. With one shot per class both steps use the whole support set. The derived
+    network is trained from its random initialization with the serving recipe.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    supernet = Supernet(space, spec)
+    head = nn.Linear(supernet.embedding_dim, task.way)
+    weights = [p for n, p in supernet.named_parameters() if n not in ALPHA_NAMES.values()] + list(head.parameters())
+    weight_optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, max(1, search_steps), eta_min=1e-3)
+    # DARTS uses 3e-4 over tens of thousands of steps; a search of tens of steps needs a larger one.
+    alpha_optimizer = torch.optim.Adam(list(supernet.alphas().values()), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
+    train_index, val_index = split_halves(task.support_labels, generator)
+
+    def loss_on(index: torch.Tensor) -> torch.Tensor:
+        batch = index[torch.randperm(len(index), generator=generator)[:64]]
+        logits = head(supernet(task.support_images[batch], mode="relaxed"))
+        return nn.functional.cross_entropy(logits, task.support_labels[batch])
+
+    supernet.train()
+    for _ in range(search_steps):
+        alpha_optimizer.zero_grad(set_to_none=True)
+        loss_on(val_index).backward()
+        alpha_optimizer.step()
+        weight_optimizer.zero_grad(set_to_none=True)
+        loss_on(train_index).backward()
+        nn.utils.clip_grad_norm_(weights, 5.0)
+        weight_optimizer.step()
+        schedule.step()
+    probs = {cell_type: op_probs(alpha.detach()) for cell_type, alpha in supernet.alphas().items()}
+    genotype = derive_genotype(space, probs)
+    search_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    network = DerivedNetwork(space, spec, genotype, task.way)
+    finetune(network, task.support_images, task.support_labels, finetune_config, generator)
+    return describe(network, spec, task, search_seconds, time.perf_counter() - started)
+
+
+def split_halves(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each class's examples in two halves; with one example per class both halves are all of them."""
+    if int(torch.bincount(labels).min()) < 2:
+        everything = torch.arange(len(labels))
+        return everything, everything
+    first, second = [], []
+    for c in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        first.append(members[: len(members) // 2])
+        second.append(members[len(members) // 2 :])
+    return torch.cat(first), torch.cat(second)
+
+
+def logistic_regression(task: Task) -> Outcome:
+    started = time.perf_counter()
+    support = task.support_images.flatten(1).numpy()
+    model = LogisticRegression(max_iter=2000).fit(support, task.support_labels.numpy())
+    accuracy = float(model.score(task.query_images.flatten(1).numpy(), task.query_labels.numpy()))
+    features = support.shape[1]
+    return Outcome(accuracy, (features + 1) * task.way, features * task.way, 0.0, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class Method:
+    description: str
+    run: Callable[[Checkpoint, Task, Budget, int], Outcome]
+    uses_meta_training: bool
+    slow: bool = False  # measured on --slow-tasks tasks per setting
+
+
+def _with_inner(budget: Budget, **changes) -> ServingConfig:
+    config = budget.serving()
+    return replace(config, inner=replace(config.inner, **changes))
+
+
+def _base(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    return adapt_from_prior(checkpoint, task, budget.serving(), seed)
+
+
+def _fixed_architecture(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    return adapt_from_prior(checkpoint, task, _with_inner(budget, inner_lr_alpha=0.0), seed)
+
+
+def _random_genotype(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    genotype = random_genotype(checkpoint.space, np.random.default_rng([seed, 104_729]))
+    return adapt_from_prior(checkpoint, task, _with_inner(budget, inner_lr_alpha=0.0), seed, genotype=genotype)
+
+
+def _darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    return darts_from_scratch(checkpoint.space, checkpoint.spec, task, budget.inner_steps, budget.serving().finetune, seed)
+
+
+def _scratch_weights(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    return adapt_from_prior(checkpoint, task, budget.serving(), seed, inherit=False)
+
+
+def _inner_variant(**changes) -> Callable[[Checkpoint, Task, Budget, int], Outcome]:
+    def run(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+        return adapt_from_prior(checkpoint, task, _with_inner(budget, **changes), seed)
+
+    return run
+
+
+METHODS: dict[str, Method] = {
+    "base": Method("BASE: architecture and weights adapted from the prior", _base, True),
+    "base-fixed-architecture": Method("BASE without architecture adaptation (the prior's genotype)", _fixed_architecture, True),
+    "random-genotype": Method("random genotype with meta-learned weights", _random_genotype, True),
+    "darts-from-scratch": Method("first-order DARTS from scratch on the task", _darts, False, slow=True),
+    "logistic-regression": Method("logistic regression on raw pixels", lambda c, t, b, s: logistic_regression(t), False),
+    # Serving-time ablations of BASE.
+    "soft-sampling": Method("BASE with soft Gumbel-Softmax in the inner loop", _inner_variant(sampling="soft"), True, slow=True),
+    "constant-temperature": Method("BASE with temperature 1.0 throughout", _inner_variant(temperature_end=1.0), True, slow=True),
+    "no-architecture-kl": Method("BASE without KL(q(alpha) || p(alpha)) in the inner loop", _inner_variant(beta_alpha=0.0), True, slow=True),
+    "no-weight-kl": Method("BASE without KL(q(w) || p(w)) in the inner loop", _inner_variant(beta_w=0.0), True, slow=True),
+    "inner-steps-0": Method("BASE with no inner steps (the prior's mode, fine-tuned)", _inner_variant(inner_steps=0), True, slow=True),
+    "inner-steps-50": Method("BASE with 50 inner steps", _inner_variant(inner_steps=50), True, slow=True),
+    "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
+}
+HEADLINE = ("base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression")
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else float("nan")
+    return float(array.mean()), float(half)
+
+
+def load_results(path: Path) -> dict[tuple, dict]:
+    results = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                results[(row["run"], row["setting"], row["method"], row["task"])] = row
+    return results
+
+
+def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], checkpoint: Checkpoint, settings: list[str], methods: list[str]) -> list[str]:
+    meta_minutes = checkpoint.state.get("wall_seconds", 0.0) / 60
+    meta_tasks = checkpoint.state.get("tasks_seen", 0)
+    lines = [
+        "",
+        f"## BASE against its baselines ({datetime.date.today().isoformat()})",
+        "",
+        f"- Command: `python benchmarks/baselines.py {' '.join(map(shlex.quote, sys.argv[1:]))}`",
+        f"- Commit: {current_commit()}; checkpoint `{checkpoint.checkpoint_id}`",
+        f"- Machine: {machine_description()}",
+        f"- Adaptation budget of every row: {args.inner_steps} inner (or search) steps, then {args.finetune_steps} "
+        "fine-tuning steps with the serving recipe; no validation split.",
+        f"- Query images: {GLYPH_QUERY_PER_CLASS} per class for glyphs (meta_test scripts), "
+        f"{FASHION_QUERY_PER_CLASS} per class for Fashion-MNIST (t10k file).",
+        f"- Meta-training cost of rows that use the prior: {meta_minutes:.0f} CPU minutes, {meta_tasks} tasks.",
+        "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
+        "difference from BASE on the tasks both ran, with its 95% interval.",
+        "",
+    ]
+    for setting in settings:
+        base_rows = {task: row for (run, s, m, task), row in results.items() if run == run_key and s == setting and m == "base"}
+        lines += [f"### {setting}", "", "| method | accuracy | tasks | difference from BASE | parameters | MACs | adapt s | fine-tune s | meta-training |", "|---|---|---|---|---|---|---|---|---|"]
+        for method in methods:
+            rows = [row for (run, s, m, _), row in results.items() if run == run_key and s == setting and m == method]
+            if not rows:
+                continue
+            accuracy, ci = mean_ci([r["accuracy"] for r in rows])
+            paired = [r["accuracy"] - base_rows[r["task"]]["accuracy"] for r in rows if r["task"] in base_rows]
+            if method == "base" or len(paired) < 2:
+                difference = "-"
+            else:
+                delta, delta_ci = mean_ci(paired)
+                difference = f"{100 * delta:+.1f} ± {100 * delta_ci:.1f}"
+            cost = f"{meta_minutes:.0f} min" if METHODS[method].uses_meta_training else "none"
+            lines.append(
+                f"| {METHODS[method].description} | {100 * accuracy:.1f}% ± {100 * ci:.1f} | {len(rows)} | {difference} | "
+                f"{np.mean([r['parameters'] for r in rows]):,.0f} | {np.mean([r['multiply_accumulates'] for r in rows]):,.0f} | "
+                f"{np.mean([r['adapt_seconds'] for r in rows]):.2f} | {np.mean([r['finetune_seconds'] for r in rows]):.2f} | {cost} |"
+            )
+        lines.append("")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default", help="checkpoint directory")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="settings to run (default: all)")
+    parser.add_argument("--methods", nargs="+", default=list(HEADLINE), choices=list(METHODS), help="rows to run (default: the headline rows)")
+    parser.add_argument("--tasks", type=int, default=100, help="tasks per setting for the fast rows")
+    parser.add_argument("--slow-tasks", type=int, default=20, help="tasks per setting for slow rows (DARTS from scratch and ablations)")
+    parser.add_argument("--inner-steps", type=int, default=10, help="inner-loop (or search) steps of every row")
+    parser.add_argument("--finetune-steps", type=int, default=100, help="fine-tuning steps of every row")
+    parser.add_argument("--results", type=Path, default=ROOT / ".cache" / "baselines" / "results.jsonl", help="JSON Lines file of finished tasks; a rerun resumes from it")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file the report is appended to")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the results file without running tasks")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    budget = Budget(args.inner_steps, args.finetune_steps)
+    run_key = f"{checkpoint.checkpoint_id}/inner{budget.inner_steps}/finetune{budget.finetune_steps}"
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    results = load_results(args.results)
+    source = TaskSource(checkpoint)
+
+    if not args.report_only:
+        most = max(args.tasks, args.slow_tasks)
+        total = sum(
+            min(most, args.slow_tasks if METHODS[m].slow else args.tasks) for m in args.methods
+        ) * len(args.settings)
+        done = 0
+        started = time.perf_counter()
+        with open(args.results, "a") as handle:
+            for index in range(most):
+                for setting in args.settings:
+                    task = None
+                    for method in args.methods:
+                        if index >= (args.slow_tasks if METHODS[method].slow else args.tasks):
+                            continue
+                        done += 1
+                        key = (run_key, setting, method, index)
+                        if key in results:
+                            continue
+                        task = task or source.task(setting, index)
+                        outcome = METHODS[method].run(checkpoint, task, budget, index)
+                        row = {"run": run_key, "setting": setting, "method": method, "task": index, **outcome.__dict__}
+                        results[key] = row
+                        handle.write(json.dumps(row) + "\n")
+                        handle.flush()
+                        print(
+                            f"[{done}/{total}, {time.perf_counter() - started:.0f} s] {setting} task {index} {method}: "
+                            f"{100 * outcome.accuracy:.1f}% ({outcome.adapt_seconds + outcome.finetune_seconds:.1f} s)",
+                            flush=True,
+                        )
+    append_section(args.output, report(args, run_key, results, checkpoint, args.settings, args.methods))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
