@@ -37,3 +37,23 @@ def derive_genotype(space: SearchSpace, op_probs: dict[str, torch.Tensor]) -> Ge
     )
     genotype.validate(space)
     return genotype
+
+
+def genotype_logits(space: SearchSpace, genotype: Genotype, margin: float = 20.0) -> dict[str, torch.Tensor]:
+    """Alpha logits, per cell type, that fix the architecture to `genotype`.
+
+    Each chosen edge gets `margin` on its primitive and every other edge gets it on `none`, so
+    sampling at temperature 1 leaves the genotype with probability about exp(-margin) per edge,
+    and `derive_genotype` returns `genotype` again.
+    """
+    genotype.validate(space)
+    none_index = space.primitives.index("none")
+    logits = {}
+    for cell_type in ("normal", "reduce"):
+        alpha = torch.zeros(space.num_edges, space.num_primitives)
+        alpha[:, none_index] = margin
+        for edge_index, primitive in genotype.edge_index(space, cell_type):
+            alpha[edge_index, none_index] = 0.0
+            alpha[edge_index, space.primitives.index(primitive)] = margin
+        logits[cell_type] = alpha
+    return logits

@@ -300,6 +300,9 @@ class Method:
     run: Callable[[Checkpoint, Task, Budget, int], Outcome]
     uses_meta_training: bool
     slow: bool = False  # measured on --slow-tasks tasks per setting
+    # Name of the meta-training variant (configs/variants/NAME.json) whose checkpoint, in
+    # --variants-dir/NAME, the row adapts; None for the checkpoint given by --checkpoint.
+    variant: str | None = None
 
 
 def _with_inner(budget: Budget, **changes) -> ServingConfig:
@@ -350,6 +353,19 @@ METHODS: dict[str, Method] = {
     "inner-steps-50": Method("BASE with 50 inner steps", _inner_variant(inner_steps=50), True, slow=True),
     "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
 }
+# Rows that adapt checkpoints meta-trained with configs/variants/*.json, all at the same, shorter
+# meta-training budget, so they compare with the "base" variant rather than the default prior.
+METHODS.update({
+    f"variant-{name}": Method(description, _fixed_architecture if name == "darts-cell" else _base, True, slow=True, variant=name)
+    for name, description in {
+        "base": "BASE meta-trained at the variants' budget",
+        "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
+        "second-order": "BASE meta-trained with second-order meta-gradients",
+        "reptile": "BASE meta-trained with Reptile",
+        "no-architecture-kl": "BASE meta-trained without the architecture KL",
+        "no-weight-kl": "BASE meta-trained without the weight KL",
+    }.items()
+})
 HEADLINE = ("base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression")
 
 
@@ -369,9 +385,12 @@ def load_results(path: Path) -> dict[tuple, dict]:
     return results
 
 
-def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], checkpoint: Checkpoint, settings: list[str], methods: list[str]) -> list[str]:
-    meta_minutes = checkpoint.state.get("wall_seconds", 0.0) / 60
-    meta_tasks = checkpoint.state.get("tasks_seen", 0)
+def meta_training_cost(checkpoint: Checkpoint) -> str:
+    return f"{checkpoint.state.get('wall_seconds', 0.0) / 60:.0f} min, {checkpoint.state.get('tasks_seen', 0)} tasks"
+
+
+def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], checkpoints: dict[str | None, Checkpoint], settings: list[str], methods: list[str]) -> list[str]:
+    checkpoint = checkpoints[None]
     lines = [
         "",
         f"## BASE against its baselines ({datetime.date.today().isoformat()})",
@@ -383,7 +402,8 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "fine-tuning steps with the serving recipe; no validation split.",
         f"- Query images: {GLYPH_QUERY_PER_CLASS} per class for glyphs (meta_test scripts), "
         f"{FASHION_QUERY_PER_CLASS} per class for Fashion-MNIST (t10k file).",
-        f"- Meta-training cost of rows that use the prior: {meta_minutes:.0f} CPU minutes, {meta_tasks} tasks.",
+        "- Meta-training: CPU wall time and tasks seen by the checkpoint a row adapts; variant rows adapt "
+        "checkpoints trained with `configs/variants/NAME.json`.",
         "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
         "difference from BASE on the tasks both ran, with its 95% interval.",
         "",
@@ -402,7 +422,7 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
             else:
                 delta, delta_ci = mean_ci(paired)
                 difference = f"{100 * delta:+.1f} ± {100 * delta_ci:.1f}"
-            cost = f"{meta_minutes:.0f} min" if METHODS[method].uses_meta_training else "none"
+            cost = meta_training_cost(checkpoints[METHODS[method].variant]) if METHODS[method].uses_meta_training else "none"
             lines.append(
                 f"| {METHODS[method].description} | {100 * accuracy:.1f}% ± {100 * ci:.1f} | {len(rows)} | {difference} | "
                 f"{np.mean([r['parameters'] for r in rows]):,.0f} | {np.mean([r['multiply_accumulates'] for r in rows]):,.0f} | "
@@ -424,12 +444,24 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=ROOT / ".cache" / "baselines" / "results.jsonl", help="JSON Lines file of finished tasks; a rerun resumes from it")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file the report is appended to")
     parser.add_argument("--report-only", action="store_true", help="write the report from the results file without running tasks")
+    parser.add_argument("--variants-dir", type=Path, default=ROOT / ".cache" / "variants", help="directory of the variant checkpoints, one subdirectory per configs/variants/NAME.json")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     checkpoint = load_checkpoint(args.checkpoint)
+    checkpoints: dict[str | None, Checkpoint] = {None: checkpoint}
+    for method in args.methods:
+        variant = METHODS[method].variant
+        if variant is not None and variant not in checkpoints:
+            directory = args.variants_dir / variant
+            if not (directory / "checkpoint.json").exists():
+                parser.error(
+                    f"row {method} needs the checkpoint {directory}; train it with "
+                    f"`archadapt-meta-train --config configs/variants/{variant}.json --output {directory}`"
+                )
+            checkpoints[variant] = load_checkpoint(directory)
     budget = Budget(args.inner_steps, args.finetune_steps)
     run_key = f"{checkpoint.checkpoint_id}/inner{budget.inner_steps}/finetune{budget.finetune_steps}"
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -455,7 +487,7 @@ def main() -> int:
                         if key in results:
                             continue
                         task = task or source.task(setting, index)
-                        outcome = METHODS[method].run(checkpoint, task, budget, index)
+                        outcome = METHODS[method].run(checkpoints[METHODS[method].variant], task, budget, index)
                         row = {"run": run_key, "setting": setting, "method": method, "task": index, **outcome.__dict__}
                         results[key] = row
                         handle.write(json.dumps(row) + "\n")
@@ -465,7 +497,7 @@ def main() -> int:
                             f"{100 * outcome.accuracy:.1f}% ({outcome.adapt_seconds + outcome.finetune_seconds:.1f} s)",
                             flush=True,
                         )
-    append_section(args.output, report(args, run_key, results, checkpoint, args.settings, args.methods))
+    append_section(args.output, report(args, run_key, results, checkpoints, args.settings, args.methods))
     return 0
 
 

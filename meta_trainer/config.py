@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from archadapt.config import InnerLoopConfig, check_choice, check_range
+from archadapt.errors import ConfigError
+from archadapt.genotype import Genotype
 from archadapt.search_space import InputSpec, SearchSpace
 
 META_GRADIENTS: tuple[str, ...] = ("first_order", "second_order", "reptile")
@@ -50,6 +52,9 @@ class MetaTrainConfig:
     seed: int = 0
     glyph_cache_dir: str = ".cache/glyphs"  # relative to the working directory
     font_dir: str = "/usr/share/fonts/truetype/noto"
+    # A genotype in its JSON form that fixes the architecture, so that only the weights are
+    # meta-learned (the fixed-architecture baseline); None searches the whole space.
+    fixed_genotype: dict | None = None
 
     def __post_init__(self) -> None:
         check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
@@ -61,6 +66,13 @@ class MetaTrainConfig:
         check_range("val_tasks", self.val_tasks, 1, 100_000)
         check_range("checkpoint_interval", self.checkpoint_interval, 1, 10_000_000)
         check_range("max_wall_minutes", self.max_wall_minutes, 0.0, 1e6)
+        if self.fixed_genotype is not None:
+            Genotype.from_dict(self.fixed_genotype).validate(self.search_space)
+            if self.meta_lr_alpha != 0 or self.inner.inner_lr_alpha != 0:
+                raise ConfigError(
+                    f"fixed_genotype needs frozen alpha logits, but meta_lr_alpha is {self.meta_lr_alpha} and "
+                    f"inner.inner_lr_alpha is {self.inner.inner_lr_alpha}; set both to 0"
+                )
         if self.input_spec.height != self.input_spec.width:
             raise ValueError(
                 f"glyph tasks render square images; input_spec is {self.input_spec.height}x{self.input_spec.width}"

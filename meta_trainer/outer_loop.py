@@ -25,6 +25,8 @@ from torch import nn
 import archadapt
 from archadapt.checkpoint import Checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
 from archadapt.config import to_dict
+from archadapt.derivation import genotype_logits
+from archadapt.genotype import Genotype
 from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.posterior import architecture_kl, embed, gaussian_kl
 from archadapt.supernet import ALPHA_NAMES, Supernet
@@ -160,7 +162,13 @@ class MetaTrainer:
         self.val_sampler = EpisodeSampler(val_bank, 2, min(20, val_bank.num_classes), 1, 10, tasks.query_per_class, augment=False)
 
         torch.manual_seed(config.seed)
-        self.supernet = Supernet(config.search_space, config.input_spec).to(self.device)
+        self.supernet = Supernet(config.search_space, config.input_spec)
+        if config.fixed_genotype is not None:
+            logits = genotype_logits(config.search_space, Genotype.from_dict(config.fixed_genotype))
+            with torch.no_grad():
+                for cell_type, alpha in self.supernet.alphas().items():
+                    alpha.copy_(logits[cell_type])
+        self.supernet = self.supernet.to(self.device)
         self.prior = Prior.from_supernet(self.supernet, config.inner.prior_sigma)
         self.optimizer = make_optimizer(self.supernet, config)
         self.state = TrainingState()

@@ -1,0 +1,132 @@
+"""Tests of the pieces behind the baseline comparison: the relaxed supernet mode, fixed
+architectures, the random genotype, DARTS from scratch and the fixed-architecture meta-training."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from archadapt.config import FinetuneConfig, InnerLoopConfig
+from archadapt.derivation import derive_genotype, genotype_logits
+from archadapt.errors import ConfigError
+from archadapt.genotype import Genotype
+from archadapt.posterior import op_probs
+from archadapt.search_space import InputSpec, SearchSpace
+from archadapt.supernet import Supernet, sample_op_weights
+from meta_trainer.config import MetaTrainConfig, TaskConfig
+from meta_trainer.outer_loop import MetaTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from test_outer_loop import make_bank  # noqa: E402
+from baselines import Task, darts_from_scratch, random_genotype, split_halves  # noqa: E402
+
+SPACE = SearchSpace(nodes=4)
+
+
+def darts_v2() -> Genotype:
+    return Genotype(
+        normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+                ("skip_connect", 0), ("sep_conv_3x3", 1), ("skip_connect", 0), ("dil_conv_3x3", 2)),
+        reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("max_pool_3x3", 1), ("skip_connect", 2),
+                ("max_pool_3x3", 0), ("skip_connect", 2), ("max_pool_3x3", 1), ("skip_connect", 2)),
+    )
+
+
+def test_relaxed_mode_is_softmax_without_noise() -> None:
+    alpha = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    first, index = sample_op_weights(alpha, 2.0, "relaxed", torch.Generator().manual_seed(1))
+    second, _ = sample_op_weights(alpha, 2.0, "relaxed", torch.Generator().manual_seed(2))
+    assert index is None
+    torch.testing.assert_close(first, torch.softmax(alpha / 2.0, dim=-1))
+    torch.testing.assert_close(first, second)
+
+
+def test_relaxed_mode_passes_gradient_to_alphas(tiny_space: SearchSpace, tiny_spec: InputSpec) -> None:
+    supernet = Supernet(tiny_space, tiny_spec)
+    supernet(torch.rand(2, tiny_spec.channels, tiny_spec.height, tiny_spec.width), mode="relaxed").sum().backward()
+    assert float(supernet.alpha_normal.grad.abs().sum()) > 0
+
+
+def test_genotype_logits_derive_back_to_the_genotype() -> None:
+    genotype = darts_v2()
+    logits = genotype_logits(SPACE, genotype)
+    probs = {cell_type: op_probs(alpha) for cell_type, alpha in logits.items()}
+    assert derive_genotype(SPACE, probs) == genotype
+
+
+def test_genotype_logits_fix_hard_samples() -> None:
+    logits = genotype_logits(SPACE, darts_v2())
+    mode, expected = sample_op_weights(logits["normal"], 1.0, "mode", None)
+    for seed in range(20):
+        _, index = sample_op_weights(logits["normal"], 1.0, "hard", torch.Generator().manual_seed(seed))
+        assert torch.equal(index, expected)
+
+
+def test_random_genotype_is_valid_and_varies() -> None:
+    genotypes = {random_genotype(SPACE, np.random.default_rng(seed)) for seed in range(10)}
+    for genotype in genotypes:
+        genotype.validate(SPACE)
+    assert len(genotypes) > 5
+
+
+def test_split_halves_covers_each_class_once() -> None:
+    labels = torch.arange(3).repeat_interleave(4)
+    first, second = split_halves(labels, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat([first, second]).tolist()) == list(range(12))
+    assert torch.bincount(labels[first]).tolist() == [2, 2, 2]
+
+
+def test_split_halves_with_one_shot_uses_everything_twice() -> None:
+    labels = torch.arange(5)
+    first, second = split_halves(labels, torch.Generator().manual_seed(0))
+    assert first.tolist() == second.tolist() == list(range(5))
+
+
+def test_darts_from_scratch_learns_a_separable_task(tiny_space, tiny_spec, corner_squares) -> None:
+    support_images, support_labels = corner_squares(4, seed=0)
+    query_images, query_labels = corner_squares(4, seed=1)
+    task = Task(support_images, support_labels, query_images, query_labels, int(support_labels.max()) + 1)
+    outcome = darts_from_scratch(tiny_space, tiny_spec, task, 5, FinetuneConfig(steps=40, lr=0.01), seed=0)
+    Genotype.from_json(outcome.genotype).validate(tiny_space)
+    assert outcome.parameters > 0 and outcome.multiply_accumulates > 0
+    assert outcome.accuracy > 1.5 / task.way  # well above chance
+
+
+def fixed_config(space: SearchSpace, spec: InputSpec, genotype: Genotype, **overrides) -> MetaTrainConfig:
+    return MetaTrainConfig(
+        search_space=space,
+        input_spec=spec,
+        tasks=TaskConfig(min_way=2, max_way=3, min_shot=1, max_shot=2, query_per_class=2),
+        inner=InnerLoopConfig(inner_steps=1, inner_lr=0.02, inner_lr_alpha=0.0),
+        meta_lr_alpha=0.0,
+        meta_batch_size=1,
+        meta_steps=2,
+        val_interval=100,
+        fixed_genotype=genotype.to_dict(),
+        **overrides,
+    )
+
+
+def test_fixed_genotype_needs_frozen_alphas(tiny_space: SearchSpace, tiny_spec: InputSpec) -> None:
+    config = fixed_config(tiny_space, tiny_spec, random_genotype(tiny_space, np.random.default_rng(0)))
+    with pytest.raises(ConfigError, match="meta_lr_alpha is 0.003 .* set both to 0"):
+        dataclasses.replace(config, meta_lr_alpha=0.003)
+
+
+def test_fixed_genotype_meta_training_keeps_the_architecture(tmp_path: Path) -> None:
+    space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4)
+    spec = InputSpec(height=16, width=16)
+    genotype = random_genotype(space, np.random.default_rng(1))
+    trainer = MetaTrainer(fixed_config(space, spec, genotype), tmp_path / "run", bank=make_bank(spec.height))
+    weights_before = {n: p.detach().clone() for n, p in trainer.supernet.named_parameters() if not n.startswith("alpha_")}
+    trainer.train()
+    final = {t: op_probs(a.detach()) for t, a in trainer.supernet.alphas().items()}
+    assert derive_genotype(space, final) == genotype
+    torch.testing.assert_close(trainer.supernet.alpha_normal.detach(), genotype_logits(space, genotype)["normal"])
+    moved = [n for n, p in trainer.supernet.named_parameters() if n in weights_before and not torch.equal(p, weights_before[n])]
+    assert moved, "meta-training changed no weight"
