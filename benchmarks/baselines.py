@@ -33,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from archadapt_client.loaders import read_idx
+from markdown_report import append_section, current_commit, machine_description
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -42,13 +44,16 @@ from archadapt.config import FinetuneConfig
 from archadapt.derivation import derive_genotype
 from archadapt.finetune import finetune
 from archadapt.genotype import Genotype
-from archadapt.inner_loop import Prior, run_inner_loop
-from archadapt.network import DerivedNetwork, count_multiply_accumulates, count_parameters, inherit_weights
+from archadapt.inner_loop import run_inner_loop
+from archadapt.network import (
+    DerivedNetwork,
+    count_multiply_accumulates,
+    count_parameters,
+    inherit_weights,
+)
 from archadapt.posterior import op_probs
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import ALPHA_NAMES, Supernet
-from archadapt_client.loaders import read_idx
-from markdown_report import append_section, current_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -225,19 +230,29 @@ def random_genotype(space: SearchSpace, rng: np.random.Generator) -> Genotype:
 
 
 def darts_from_scratch(
-    space: SearchSpace, spec: InputSpec, task: Task, search_steps: int, finetune_config: FinetuneConfig, seed: int
+    space: SearchSpace,
+    spec: InputSpec,
+    task: Task,
+    search_steps: int,
+    finetune_config: FinetuneConfig,
+    seed: int,
+    pretrained: dict[str, torch.Tensor] | None = None,
 ) -> Outcome:
-    """First-order DARTS on the task from a random initialization, then training from scratch.
+    """First-order DARTS on the task, then training of the derived network.
 
     The search alternates an Adam step on the alpha logits (on one half of each class's support
     images) and an SGD step on the weights (on the other half), both through the continuous
-    relaxation. With one shot per class both steps use the whole support set. The derived
-    network is trained from its random initialization with the serving recipe.
+    relaxation. With one shot per class both steps use the whole support set. From a random
+    initialization the derived network is trained from scratch. With `pretrained` supernet
+    weights the search starts from them, with uniform alphas, and the derived network inherits
+    the searched weights before training. Training uses the serving recipe.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     started = time.perf_counter()
     supernet = Supernet(space, spec)
+    if pretrained is not None:
+        supernet.load_state_dict({n: t for n, t in pretrained.items() if n not in ALPHA_NAMES.values()}, strict=False)
     head = nn.Linear(supernet.embedding_dim, task.way)
     weights = [p for n, p in supernet.named_parameters() if n not in ALPHA_NAMES.values()] + list(head.parameters())
     weight_optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -267,6 +282,8 @@ def darts_from_scratch(
 
     started = time.perf_counter()
     network = DerivedNetwork(space, spec, genotype, task.way)
+    if pretrained is not None:
+        inherit_weights(network, dict(supernet.named_parameters()), head.weight, head.bias)
     finetune(network, task.support_images, task.support_labels, finetune_config, generator)
     return describe(network, spec, task, search_seconds, time.perf_counter() - started)
 
@@ -327,6 +344,13 @@ def _darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Out
     return darts_from_scratch(checkpoint.space, checkpoint.spec, task, budget.inner_steps, budget.serving().finetune, seed)
 
 
+def _pretrained_darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    return darts_from_scratch(
+        checkpoint.space, checkpoint.spec, task, budget.inner_steps, budget.serving().finetune, seed,
+        pretrained=checkpoint.prior.parameters,
+    )
+
+
 def _scratch_weights(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
     return adapt_from_prior(checkpoint, task, budget.serving(), seed, inherit=False)
 
@@ -353,10 +377,11 @@ METHODS: dict[str, Method] = {
     "inner-steps-50": Method("BASE with 50 inner steps", _inner_variant(inner_steps=50), True, slow=True),
     "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
 }
+VARIANT_RUNS = {"darts-cell": _fixed_architecture, "pretrained-supernet": _pretrained_darts}
 # Rows that adapt checkpoints meta-trained with configs/variants/*.json, all at the same, shorter
 # meta-training budget, so they compare with the "base" variant rather than the default prior.
 METHODS.update({
-    f"variant-{name}": Method(description, _fixed_architecture if name == "darts-cell" else _base, True, slow=True, variant=name)
+    f"variant-{name}": Method(description, VARIANT_RUNS.get(name, _base), True, slow=True, variant=name)
     for name, description in {
         "base": "BASE meta-trained at the variants' budget",
         "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
@@ -364,6 +389,7 @@ METHODS.update({
         "reptile": "BASE meta-trained with Reptile",
         "no-architecture-kl": "BASE meta-trained without the architecture KL",
         "no-weight-kl": "BASE meta-trained without the weight KL",
+        "pretrained-supernet": "a supernet trained on the meta_train tasks without an inner loop, then DARTS on the task",
     }.items()
 })
 HEADLINE = ("base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression")

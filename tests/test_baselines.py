@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from archadapt.config import FinetuneConfig, InnerLoopConfig
+from archadapt.config import FinetuneConfig, InnerLoopConfig, load_json
 from archadapt.derivation import derive_genotype, genotype_logits
 from archadapt.errors import ConfigError
 from archadapt.genotype import Genotype
@@ -22,8 +22,8 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from test_outer_loop import make_bank  # noqa: E402
-from baselines import Task, darts_from_scratch, random_genotype, split_halves  # noqa: E402
+from baselines import Task, darts_from_scratch, random_genotype, split_halves
+from test_outer_loop import make_bank
 
 SPACE = SearchSpace(nodes=4)
 
@@ -61,7 +61,7 @@ def test_genotype_logits_derive_back_to_the_genotype() -> None:
 
 def test_genotype_logits_fix_hard_samples() -> None:
     logits = genotype_logits(SPACE, darts_v2())
-    mode, expected = sample_op_weights(logits["normal"], 1.0, "mode", None)
+    _, expected = sample_op_weights(logits["normal"], 1.0, "mode", None)
     for seed in range(20):
         _, index = sample_op_weights(logits["normal"], 1.0, "hard", torch.Generator().manual_seed(seed))
         assert torch.equal(index, expected)
@@ -130,3 +130,21 @@ def test_fixed_genotype_meta_training_keeps_the_architecture(tmp_path: Path) -> 
     torch.testing.assert_close(trainer.supernet.alpha_normal.detach(), genotype_logits(space, genotype)["normal"])
     moved = [n for n, p in trainer.supernet.named_parameters() if n in weights_before and not torch.equal(p, weights_before[n])]
     assert moved, "meta-training changed no weight"
+
+
+def test_darts_search_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squares) -> None:
+    support_images, support_labels = corner_squares(2, seed=0)
+    task = Task(support_images, support_labels, *corner_squares(2, seed=1), int(support_labels.max()) + 1)
+    # Zero weights make every embedding zero, so a network that inherits them predicts one class.
+    zeros = {n: torch.zeros_like(t) for n, t in Supernet(tiny_space, tiny_spec).named_parameters()}
+    inherited = darts_from_scratch(tiny_space, tiny_spec, task, 0, FinetuneConfig(steps=0), seed=0, pretrained=zeros)
+    fresh = darts_from_scratch(tiny_space, tiny_spec, task, 0, FinetuneConfig(steps=0), seed=0)
+    assert inherited.accuracy == pytest.approx(1.0 / task.way)
+    assert fresh.accuracy != pytest.approx(1.0 / task.way)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "variants").glob("*.json")), ids=lambda p: p.stem)
+def test_variant_configs_load(path: Path) -> None:
+    config = load_json(MetaTrainConfig, path)
+    default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
+    assert config.search_space == default.search_space and config.input_spec == default.input_spec
