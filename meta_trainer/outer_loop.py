@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import archadapt
-from archadapt.checkpoint import Checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
+from archadapt.checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
 from archadapt.config import to_dict
 from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.posterior import architecture_kl, embed, gaussian_kl
@@ -182,9 +182,15 @@ class MetaTrainer:
 
     def resume(self) -> bool:
         """Load the checkpoint in output_dir when it exists; return whether one was loaded."""
-        if not (self.output_dir / "checkpoint.json").exists():
+        source = find_latest_checkpoint(self.output_dir)
+        if source is None:
             return False
-        checkpoint = load_checkpoint(self.output_dir, self.device)
+        if source != self.output_dir:
+            logger.warning(
+                "%s has no checkpoint because a save was interrupted; resuming from the previous one in %s",
+                self.output_dir, source,
+            )
+        checkpoint = load_checkpoint(source, self.device)
         if checkpoint.config != to_dict(self.config):
             raise ValueError(
                 f"checkpoint in {self.output_dir} was made with another config; "
@@ -193,7 +199,7 @@ class MetaTrainer:
         with torch.no_grad():
             for name, parameter in self.supernet.named_parameters():
                 parameter.copy_(checkpoint.prior.parameters[name])
-        restore_optimizer(self.optimizer, self.supernet, load_extra_tensors(self.output_dir))
+        restore_optimizer(self.optimizer, self.supernet, load_extra_tensors(source))
         self.state = TrainingState(**checkpoint.state)
         self.metrics = checkpoint.metrics
         logger.info("resumed from %s at step %d", self.output_dir, self.state.step)

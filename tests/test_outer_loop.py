@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from archadapt.checkpoint import load_checkpoint, load_extra_tensors
+from archadapt.checkpoint import backup_directory, load_checkpoint, load_extra_tensors
 from archadapt.config import InnerLoopConfig
 from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.search_space import InputSpec, SearchSpace
@@ -194,6 +194,23 @@ def test_resumed_run_matches_uninterrupted(finished_run) -> None:
     resumed = parameters_of(trainer)
     for name, tensor in final.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) -> None:
+    """A save killed between its two renames leaves the previous checkpoint only in the backup."""
+    config, bank, output_dir, _, final = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(output_dir, backup_directory(run_dir))
+    trainer = MetaTrainer(config, run_dir, bank=bank)
+    assert trainer.resume()
+    assert trainer.state.step == 2
+    resumed = parameters_of(trainer)
+    for name, tensor in final.items():
+        assert torch.equal(resumed[name], tensor), name
+
+    trainer.save()
+    assert load_checkpoint(run_dir).state["step"] == 2
+    assert not backup_directory(run_dir).exists()
 
 
 def test_resume_rejects_other_config(finished_run) -> None:
