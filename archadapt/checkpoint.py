@@ -68,7 +68,9 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, extra_tensors: dict
     """Write the checkpoint atomically: into a temporary sibling directory, then rename.
 
     `extra_tensors` (for example optimizer state) go into `state.safetensors` beside the prior.
-    A crash at any point leaves either the old checkpoint or the new one, never a mix.
+    A crash at any point leaves either the old checkpoint or the new one, never a mix. The old
+    one is moved to a backup directory just before the new one is renamed into place, so a crash
+    between the two renames leaves it only there. `find_latest_checkpoint` looks in both places.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -100,18 +102,34 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, extra_tensors: dict
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 
-        backup = None
+        backup = backup_directory(directory)
         if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old")
             if backup.exists():
                 shutil.rmtree(backup)
             os.replace(directory, backup)
         os.replace(staging, directory)
-        if backup is not None:
+        if backup.exists():
             shutil.rmtree(backup)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def backup_directory(directory: Path) -> Path:
+    """Return where save_checkpoint keeps the previous checkpoint while it renames the new one into place."""
+    directory = Path(directory)
+    return directory.with_name(f".{directory.name}.old")
+
+
+def find_latest_checkpoint(directory: Path) -> Path | None:
+    """Return `directory` when it contains a checkpoint manifest, else its backup when that does, else None.
+
+    Only the backup contains a checkpoint when save_checkpoint was killed between its two renames.
+    """
+    for candidate in (Path(directory), backup_directory(directory)):
+        if (candidate / MANIFEST_FILE).is_file():
+            return candidate
+    return None
 
 
 def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Checkpoint:

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,7 @@ def export_onnx(
             verbose=False,
         )
     model = program.model_proto
+    remove_exporter_annotations(model)
     metadata = {
         "archadapt_version": __version__,
         "checkpoint_id": checkpoint_id,
@@ -87,6 +89,37 @@ def export_onnx(
         parity_images = torch.rand(8, spec.channels, spec.height, spec.width, generator=torch.Generator().manual_seed(1))
     max_abs_diff = check_parity(network, onnx_bytes, parity_images.cpu(), tolerance)
     return ExportedModel(onnx_bytes=onnx_bytes, max_abs_diff=max_abs_diff)
+
+
+def remove_exporter_annotations(model: onnx.ModelProto) -> None:
+    """Delete the metadata that the exporter attaches to graphs, functions, nodes and values.
+
+    The annotations are for debugging the exporter: FX node names, module paths and stack traces
+    that contain absolute paths of the source files. Without them the model's bytes depend only
+    on the network and the model-level metadata, not on where archadapt is installed.
+    """
+    _remove_graph_annotations(model.graph)
+    for function in model.functions:
+        del function.metadata_props[:]
+        _remove_node_annotations(function.node)
+
+
+def _remove_graph_annotations(graph: onnx.GraphProto) -> None:
+    del graph.metadata_props[:]
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        del value.metadata_props[:]
+    _remove_node_annotations(graph.node)
+
+
+def _remove_node_annotations(nodes: Iterable[onnx.NodeProto]) -> None:
+    for node in nodes:
+        del node.metadata_props[:]
+        for attribute in node.attribute:
+            subgraphs = list(attribute.graphs)
+            if attribute.HasField("g"):
+                subgraphs.append(attribute.g)
+            for subgraph in subgraphs:
+                _remove_graph_annotations(subgraph)
 
 
 def check_parity(network: torch.nn.Module, onnx_bytes: bytes, images: torch.Tensor, tolerance: float) -> float:

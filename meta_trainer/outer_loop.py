@@ -6,6 +6,7 @@ prior. The meta-gradient is first order (the gradient at phi^T), second order (t
 unrolled steps) or Reptile (theta - phi^T). Checkpoints are written atomically every
 `checkpoint_interval` steps with the Adam state, so a killed run resumes where it stopped.
 Episodes and noise of step s depend only on (seed, s), so a resumed run draws the same tasks.
+Under torchrun the tasks of each step are split across ranks (see meta_trainer/distributed.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 import archadapt
-from archadapt.checkpoint import Checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
+from archadapt.checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
 from archadapt.config import to_dict
 from archadapt.derivation import genotype_logits
 from archadapt.genotype import Genotype
@@ -31,6 +32,7 @@ from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.posterior import architecture_kl, embed, gaussian_kl
 from archadapt.supernet import ALPHA_NAMES, Supernet
 from meta_trainer.config import MetaTrainConfig
+from meta_trainer.distributed import Workers, check_meta_batch_size
 from meta_trainer.evaluation import episode_accuracy
 from meta_trainer.glyphs import GlyphBank, load_or_build_glyph_bank
 from meta_trainer.task_distribution import Episode, EpisodeSampler
@@ -140,12 +142,24 @@ def code_version() -> str:
 
 
 class MetaTrainer:
-    """Runs the outer loop for one config and output directory."""
+    """Runs the outer loop for one config and output directory, as one rank of `workers`.
 
-    def __init__(self, config: MetaTrainConfig, output_dir: Path, device: torch.device | str = "cpu", bank: GlyphBank | None = None):
+    Every rank keeps the same prior and Adam state, but only rank 0 validates and writes checkpoints.
+    """
+
+    def __init__(
+        self,
+        config: MetaTrainConfig,
+        output_dir: Path,
+        device: torch.device | str = "cpu",
+        bank: GlyphBank | None = None,
+        workers: Workers = Workers(),
+    ):
+        check_meta_batch_size(config.meta_batch_size, workers.world_size)
         self.config = config
         self.output_dir = Path(output_dir)
         self.device = torch.device(device)
+        self.workers = workers
         if bank is None:
             bank = load_or_build_glyph_bank(
                 Path(config.glyph_cache_dir), font_dir=Path(config.font_dir),
@@ -176,9 +190,15 @@ class MetaTrainer:
 
     def resume(self) -> bool:
         """Load the checkpoint in output_dir when it exists; return whether one was loaded."""
-        if not (self.output_dir / "checkpoint.json").exists():
+        source = find_latest_checkpoint(self.output_dir)
+        if source is None:
             return False
-        checkpoint = load_checkpoint(self.output_dir, self.device)
+        if source != self.output_dir:
+            logger.warning(
+                "%s has no checkpoint because a save was interrupted; resuming from the previous one in %s",
+                self.output_dir, source,
+            )
+        checkpoint = load_checkpoint(source, self.device)
         if checkpoint.config != to_dict(self.config):
             raise ValueError(
                 f"checkpoint in {self.output_dir} was made with another config; "
@@ -187,13 +207,19 @@ class MetaTrainer:
         with torch.no_grad():
             for name, parameter in self.supernet.named_parameters():
                 parameter.copy_(checkpoint.prior.parameters[name])
-        restore_optimizer(self.optimizer, self.supernet, load_extra_tensors(self.output_dir))
+        restore_optimizer(self.optimizer, self.supernet, load_extra_tensors(source))
         self.state = TrainingState(**checkpoint.state)
         self.metrics = checkpoint.metrics
         logger.info("resumed from %s at step %d", self.output_dir, self.state.step)
         return True
 
     def save(self) -> None:
+        """Write the checkpoint to output_dir. Only rank 0 writes, and the other ranks return at once."""
+        if not self.workers.is_main:
+            return
+        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+        if self.workers.is_distributed:
+            machine += f" per process, {self.workers.world_size} processes"
         checkpoint = Checkpoint(
             space=self.config.search_space,
             spec=self.config.input_spec,
@@ -206,7 +232,8 @@ class MetaTrainer:
                 "code_version": code_version(),
                 "torch_version": torch.__version__,
                 "device": str(self.device),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+                "machine": machine,
+                "world_size": self.workers.world_size,
             },
             metrics=self.metrics,
             state={"step": self.state.step, "wall_seconds": self.state.wall_seconds, "tasks_seen": self.state.tasks_seen},
@@ -225,37 +252,79 @@ class MetaTrainer:
         )
         return {"step": self.state.step, **estimate.to_dict()}
 
-    def train(self) -> TrainingState:
+    def accumulate_step(self, step: int, tasks: range, totals: list[torch.Tensor]) -> float:
+        """Add the meta-gradients of `tasks` of outer step `step` to `totals` and return their summed query loss.
+
+        Episodes and noise depend only on (seed, step, task), so a task gives the same gradient
+        on any rank and after any resume.
+        """
         config = self.config
-        started = time.perf_counter()
-        wall_before = self.state.wall_seconds
-        recent_losses: list[float] = []
-        while self.state.step < config.meta_steps:
-            step = self.state.step
+        parameters = list(self.supernet.parameters())
+        loss_sum = 0.0
+        for task in tasks:
+            rng = np.random.default_rng([config.seed, step, task])
+            generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            episode = self.train_sampler.sample(rng)
             self.optimizer.zero_grad(set_to_none=False)
-            for parameter in self.supernet.parameters():
+            for parameter in parameters:
                 if parameter.grad is None:
                     parameter.grad = torch.zeros_like(parameter)
-            for task in range(config.meta_batch_size):
-                rng = np.random.default_rng([config.seed, step, task])
-                generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-                episode = self.train_sampler.sample(rng)
-                recent_losses.append(meta_gradient(self.supernet, self.prior, episode, config, generator, self.device))
+            loss_sum += meta_gradient(self.supernet, self.prior, episode, config, generator, self.device)
+            for total, parameter in zip(totals, parameters):
+                total += parameter.grad
+        return loss_sum
+
+    def train(self) -> TrainingState:
+        config = self.config
+        parameters = list(self.supernet.parameters())
+        tasks = self.workers.task_indices(config.meta_batch_size)
+        self.workers.check_same_step(self.state.step, self.device)
+        self.workers.broadcast_from_main([p.detach() for p in parameters])
+
+        # The tasks' meta-gradients are summed in float64. A sum of a few float32 values is then
+        # exact unless their magnitudes differ by a factor of about 2^29, so it does not depend on
+        # the order of the tasks or on how they are split across ranks. In float32 the rounding
+        # differed between 1 and 2 ranks. Adam's first steps move theta by about
+        # meta_lr * sign(grad), so near-zero gradients turned that rounding into differences of up
+        # to 1.2e-3 in theta after 4 steps, with the tiny config of tests/meta_train_runs.py.
+        totals = [torch.zeros_like(p, dtype=torch.float64) for p in parameters]
+
+        started = time.perf_counter()
+        wall_before = self.state.wall_seconds
+        recent_loss_sum, recent_tasks = 0.0, 0
+        while self.state.step < config.meta_steps:
+            for total in totals:
+                total.zero_()
+            loss = self.accumulate_step(self.state.step, tasks, totals)
+            loss_sum = torch.tensor([loss], dtype=torch.float64, device=self.device)
+
+            # Each task's gradient already carries the factor 1 / meta_batch_size, so the sum over
+            # ranks is the mean over the whole meta-batch, as in a single process.
+            self.workers.sum_across_ranks(totals + [loss_sum])
+            for total, parameter in zip(totals, parameters):
+                parameter.grad.copy_(total)
             self.optimizer.step()
             self.state.step += 1
             self.state.tasks_seen += config.meta_batch_size
             self.state.wall_seconds = wall_before + time.perf_counter() - started
+            recent_loss_sum += float(loss_sum.item())
+            recent_tasks += config.meta_batch_size
 
             if self.state.step % 10 == 0:
-                logger.info(
-                    "step %d/%d query loss %.3f (mean of last %d tasks) %.0f s",
-                    self.state.step, config.meta_steps, float(np.mean(recent_losses)),
-                    len(recent_losses), self.state.wall_seconds,
-                )
-                recent_losses = []
-            if self.state.step % config.val_interval == 0:
+                if self.workers.is_main:
+                    logger.info(
+                        "step %d/%d query loss %.3f (mean of last %d tasks) %.0f s",
+                        self.state.step, config.meta_steps, recent_loss_sum / recent_tasks,
+                        recent_tasks, self.state.wall_seconds,
+                    )
+                recent_loss_sum, recent_tasks = 0.0, 0
+            if self.state.step % config.val_interval == 0 and self.workers.is_main:
                 self.metrics["meta_val"] = self.validate()
             out_of_time = config.max_wall_minutes > 0 and time.perf_counter() - started > 60 * config.max_wall_minutes
+            if config.max_wall_minutes > 0:
+                # Rank 0 decides for all ranks because their clocks differ, and a rank that stopped
+                # alone would leave the others waiting in the all-reduce.
+                out_of_time = self.workers.decision_of_main(out_of_time, self.device)
             if self.state.step % config.checkpoint_interval == 0 or out_of_time:
                 self.save()
             if out_of_time:

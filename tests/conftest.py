@@ -11,6 +11,7 @@ import torch
 
 from archadapt.checkpoint import Checkpoint, load_checkpoint
 from archadapt.search_space import InputSpec, SearchSpace
+from meta_train_runs import run_to_end, single_process_command, write_run_files
 from tiny_checkpoint import CHECKPOINT_ID, SPACE, SPEC, write_tiny_checkpoint
 
 # The models here are tiny, so intra-op threads only add overhead. On a two-core machine busy
@@ -70,3 +71,13 @@ def checkpoint(checkpoint_dir: Path) -> Checkpoint:
     assert loaded.space == SPACE
     assert loaded.spec == SPEC
     return loaded
+
+
+@pytest.fixture(scope="session")
+def meta_train_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Return (config file, output directory) of a tiny single-process meta-training run to its end."""
+    directory = tmp_path_factory.mktemp("meta_train_reference")
+    config_path = write_run_files(directory)
+    output_dir = directory / "run"
+    run_to_end(single_process_command(config_path, output_dir), directory / "run.log")
+    return config_path, output_dir

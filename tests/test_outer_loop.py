@@ -7,19 +7,19 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from archadapt.checkpoint import load_checkpoint, load_extra_tensors
+from archadapt.checkpoint import backup_directory, load_checkpoint, load_extra_tensors
 from archadapt.config import InnerLoopConfig
 from archadapt.inner_loop import Prior, run_inner_loop
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import ALPHA_NAMES, Supernet
 from meta_trainer.config import META_GRADIENTS, MetaTrainConfig, TaskConfig
-from meta_trainer.glyphs import GlyphBank, load_script_splits
+from meta_trainer.glyphs import GlyphBank
 from meta_trainer.outer_loop import MetaTrainer, make_optimizer, meta_gradient
 from meta_trainer.task_distribution import Episode
+from meta_train_runs import make_bank
 
 SEED = 0
 
@@ -120,36 +120,6 @@ def test_second_order_differs_from_first(tiny_space: SearchSpace, tiny_spec: Inp
     assert not torch.allclose(grads["first_order"], grads["second_order"], atol=1e-6)
 
 
-def make_bank(image_size: int) -> GlyphBank:
-    """Return a bank of 3 classes in each of one meta_train, one meta_val and one meta_test script.
-
-    Each class is a fixed random pattern of a few bright squares, with 3 noisy renderings.
-    """
-    splits = load_script_splits()
-    scripts = [splits["meta_train"][0], splits["meta_val"][0], splits["meta_test"][0]]
-    rng = np.random.default_rng(0)
-    images, labels, class_names, class_scripts = [], [], [], []
-    for script in scripts:
-        for letter in range(3):
-            label = len(class_names)
-            class_names.append(f"{script} U+{0x41 + letter:04X}")
-            class_scripts.append(script)
-            pattern = np.zeros((image_size, image_size), dtype=np.float64)
-            for _ in range(3):
-                top, left = rng.integers(0, image_size - 4, size=2)
-                pattern[top : top + 4, left : left + 4] = 255.0
-            for _ in range(3):
-                noisy = np.clip(pattern + rng.normal(0.0, 20.0, pattern.shape), 0, 255)
-                images.append(noisy.astype(np.uint8))
-                labels.append(label)
-    return GlyphBank(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=class_names,
-        class_scripts=class_scripts,
-    )
-
-
 def trainer_config(space: SearchSpace, spec: InputSpec) -> MetaTrainConfig:
     return make_config(
         space, spec, "first_order", meta_steps=2, checkpoint_interval=1, val_interval=2, val_tasks=1
@@ -224,6 +194,23 @@ def test_resumed_run_matches_uninterrupted(finished_run) -> None:
     resumed = parameters_of(trainer)
     for name, tensor in final.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) -> None:
+    """A save killed between its two renames leaves the previous checkpoint only in the backup."""
+    config, bank, output_dir, _, final = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(output_dir, backup_directory(run_dir))
+    trainer = MetaTrainer(config, run_dir, bank=bank)
+    assert trainer.resume()
+    assert trainer.state.step == 2
+    resumed = parameters_of(trainer)
+    for name, tensor in final.items():
+        assert torch.equal(resumed[name], tensor), name
+
+    trainer.save()
+    assert load_checkpoint(run_dir).state["step"] == 2
+    assert not backup_directory(run_dir).exists()
 
 
 def test_resume_rejects_other_config(finished_run) -> None:
