@@ -23,7 +23,7 @@ from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from baselines import Task, darts_from_scratch, random_genotype, split_halves
-from test_outer_loop import make_bank
+from meta_train_runs import make_bank
 
 SPACE = SearchSpace(nodes=4)
 
