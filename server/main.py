@@ -19,8 +19,9 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import load_checkpoint
-from archadapt.errors import CheckpointError
+from archadapt.errors import CheckpointError, ConfigError
 from server.app import create_server
 from server.jobs import JobLimits
 from server.providers import loaded_providers
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port to this file once the server is ready")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds that open calls get to finish after SIGTERM or SIGINT (default: 5)")
     parser.add_argument("--grpc-threads", type=int, default=32, help="gRPC worker threads; each open Adapt or WatchJob stream uses one (default: 32)")
+    parser.add_argument("--progress-interval", type=float, default=ServingConfig.progress_interval_seconds, help=f"seconds between two progress events of the adapt and finetune phases, whose first and last steps always report; each event waits for the GPU, 0 reports every step (default: {ServingConfig.progress_interval_seconds})")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     add_security_arguments(parser)
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("--device is %s; use auto, cpu, cuda or cuda:N", args.device)
             return 2
     try:
+        config = ServingConfig(progress_interval_seconds=args.progress_interval)
+    except ConfigError as error:
+        logger.error("invalid --progress-interval: %s", error)
+        return 2
+    try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
     except CheckpointError as error:
         logger.error("cannot load checkpoint: %s", error)
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics_address = (args.host, args.metrics_port) if args.metrics_port is not None else None
     running = create_server(
-        f"{args.host}:{args.port}", checkpoint, device, limits, max_workers=args.grpc_threads,
+        f"{args.host}:{args.port}", checkpoint, device, limits, config, max_workers=args.grpc_threads,
         security=security, data_dir=args.data_dir, job_limits=job_limits, metrics_address=metrics_address,
     )
     logger.info(
