@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,14 @@ class ServingConfig:
         check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         check_range("min_examples_for_validation", self.min_examples_for_validation, 2, 1000)
         check_range("progress_interval_seconds", self.progress_interval_seconds, 0.0, 3600.0)
+
+    def with_precision(self, precision: str) -> "ServingConfig":
+        """Return this config with both training loops in `precision` ("float32" or "bfloat16")."""
+        return dataclasses.replace(
+            self,
+            inner=dataclasses.replace(self.inner, precision=precision),
+            finetune=dataclasses.replace(self.finetune, precision=precision),
+        )
 
 
 @dataclass

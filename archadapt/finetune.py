@@ -12,6 +12,7 @@ from torch import nn
 from archadapt.config import FinetuneConfig
 from archadapt.errors import AdaptationCancelled
 from archadapt.network import DerivedNetwork
+from archadapt.precision import autocast
 from archadapt.progress import ProgressThrottle, every_step
 
 logger = logging.getLogger(__name__)
@@ -99,11 +100,12 @@ def finetune(
         if config.horizontal_flip:
             inputs = random_flip(inputs, generator)
 
-        if config.mixup_alpha > 0:
-            weight = float(mixing.beta(config.mixup_alpha, config.mixup_alpha))
-            loss = mixup_loss(network, inputs, labels[batch], weight, generator)
-        else:
-            loss = nn.functional.cross_entropy(network(inputs), labels[batch])
+        with autocast(config.precision, images.device):
+            if config.mixup_alpha > 0:
+                weight = float(mixing.beta(config.mixup_alpha, config.mixup_alpha))
+                loss = mixup_loss(network, inputs, labels[batch], weight, generator)
+            else:
+                loss = nn.functional.cross_entropy(network(inputs), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -27,6 +27,7 @@ from archadapt.posterior import (
     prototype_head,
     sample_weights,
 )
+from archadapt.precision import autocast
 from archadapt.progress import ProgressThrottle, every_step
 from archadapt.supernet import ALPHA_NAMES, Supernet
 
@@ -178,10 +179,11 @@ def run_inner_loop(
         batch = _minibatch(num_support, config.batch_size, generator, support_images.device)
         temperature = config.temperature_at(step)
         head = TaskHead(head_weight, head_bias)
-        nll, kl_alpha_term, kl_w_term = negative_elbo(
-            supernet, phi, head, prior, support_images[batch], support_labels[batch],
-            num_support, config, temperature, generator,
-        )
+        with autocast(config.precision, support_images.device):
+            nll, kl_alpha_term, kl_w_term = negative_elbo(
+                supernet, phi, head, prior, support_images[batch], support_labels[batch],
+                num_support, config, temperature, generator,
+            )
         loss = nll + kl_alpha_term + kl_w_term
 
         # The weight KL is quadratic, so it gets an exact proximal step below instead of a

@@ -21,6 +21,7 @@ import torch
 
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import load_checkpoint
+from archadapt.config import PRECISIONS
 from archadapt.errors import CheckpointError, ConfigError
 from server.app import create_server
 from server.jobs import JobLimits
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds that open calls get to finish after SIGTERM or SIGINT (default: 5)")
     parser.add_argument("--grpc-threads", type=int, default=32, help="gRPC worker threads; each open Adapt or WatchJob stream uses one (default: 32)")
     parser.add_argument("--progress-interval", type=float, default=ServingConfig.progress_interval_seconds, help=f"seconds between two progress events of the adapt and finetune phases, whose first and last steps always report; each event waits for the GPU, 0 reports every step (default: {ServingConfig.progress_interval_seconds})")
+    parser.add_argument("--precision", default="float32", choices=list(PRECISIONS), help="numeric precision of the inner loop and fine-tuning: float32, or bfloat16 autocast with float32 weights; the ONNX model is float32 either way (default: float32)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     add_security_arguments(parser)
@@ -92,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("--device is %s; use auto, cpu, cuda or cuda:N", args.device)
             return 2
     try:
-        config = ServingConfig(progress_interval_seconds=args.progress_interval)
+        config = ServingConfig(progress_interval_seconds=args.progress_interval).with_precision(args.precision)
     except ConfigError as error:
         logger.error("invalid --progress-interval: %s", error)
+        return 2
+    if args.precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        logger.error("--precision bfloat16 needs a GPU with bfloat16 support, which %s lacks; use --precision float32", device)
         return 2
     try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
@@ -127,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         security=security, data_dir=args.data_dir, job_limits=job_limits, metrics_address=metrics_address,
     )
     logger.info(
-        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); "
+        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads, %s); "
         "onnxruntime %s providers %s loaded of %s available",
-        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(),
+        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(), args.precision,
         onnxruntime.__version__, loaded_providers(), onnxruntime.get_available_providers(),
     )
     logger.info("connections: %s", describe(security, args))

@@ -113,13 +113,14 @@ def count_host_waits(run: Callable[[], object]) -> int:
 
 
 @cuda_only
-def test_inner_steps_skip_gpu_waits(tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares: Callable) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_inner_steps_skip_gpu_waits(tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares: Callable, precision: str) -> None:
     # Soft sampling, because hard sampling reads its sampled primitives on the host at every step.
     images, labels = (t.to("cuda") for t in corner_squares(4))
     supernet, prior = make_prior(tiny_space, tiny_spec, "cuda")
 
     def adapt(steps: int) -> None:
-        config = InnerLoopConfig(inner_steps=steps, sampling="soft", weight_sampling="gaussian")
+        config = InnerLoopConfig(inner_steps=steps, sampling="soft", weight_sampling="gaussian", precision=precision)
         run_inner_loop(
             supernet, prior, images, labels, NUM_CLASSES, config, generator=torch.Generator().manual_seed(0),
             on_step=lambda report: None, throttle=NEVER_BETWEEN,
@@ -130,12 +131,13 @@ def test_inner_steps_skip_gpu_waits(tiny_space: SearchSpace, tiny_spec: InputSpe
 
 
 @cuda_only
-def test_finetune_steps_skip_gpu_waits(tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares: Callable) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_finetune_steps_skip_gpu_waits(tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares: Callable, precision: str) -> None:
     images, labels = (t.to("cuda") for t in corner_squares(8))
 
     def tune(steps: int) -> None:
         config = FinetuneConfig(
-            steps=steps, batch_size=12, lr_schedule="one_cycle", mixup_alpha=0.4, ema_decay=0.9
+            steps=steps, batch_size=12, lr_schedule="one_cycle", mixup_alpha=0.4, ema_decay=0.9, precision=precision
         )
         finetune(
             make_network(tiny_space, tiny_spec, "cuda"), images, labels, config, torch.Generator().manual_seed(0),
