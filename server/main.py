@@ -24,6 +24,7 @@ from archadapt.checkpoint import load_checkpoint
 from archadapt.config import PRECISIONS
 from archadapt.errors import CheckpointError, ConfigError
 from server.app import create_server
+from server.concurrency import MAX_AUTO_CONCURRENT_JOBS, concurrent_jobs_argument, resolve_concurrent_jobs
 from server.jobs import JobLimits
 from server.providers import loaded_providers
 from server.request_decoding import RequestLimits
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-request-bytes", type=int, default=RequestLimits.max_request_bytes, help=f"largest gRPC message in bytes, so the largest Adapt or inline SubmitJob dataset (default: {RequestLimits.max_request_bytes})")
     parser.add_argument("--max-dataset-bytes", type=int, default=RequestLimits.max_dataset_bytes, help=f"largest dataset in bytes accepted by UploadDataset (default: {RequestLimits.max_dataset_bytes})")
     parser.add_argument("--max-queue", type=int, default=JobLimits.max_queued_jobs, help=f"maximum number of jobs waiting in the queue; a submit beyond it gets RESOURCE_EXHAUSTED (default: {JobLimits.max_queued_jobs})")
-    parser.add_argument("--max-concurrent-jobs", type=int, default=JobLimits.max_concurrent_jobs, help=f"maximum number of jobs running at once (default: {JobLimits.max_concurrent_jobs}, one per device)")
+    parser.add_argument("--max-concurrent-jobs", type=concurrent_jobs_argument, default=JobLimits.max_concurrent_jobs, help=f"maximum number of jobs running at once, or auto: on CUDA as many as fit in free GPU memory (up to {MAX_AUTO_CONCURRENT_JOBS}), on a CPU one (default: {JobLimits.max_concurrent_jobs})")
+    parser.add_argument("--job-memory-mib", type=float, default=0.0, help="GPU memory of one job at its peak, in MiB, for --max-concurrent-jobs auto; 0 measures it with a short job at start (default: 0)")
     parser.add_argument("--result-ttl", type=float, default=JobLimits.result_ttl_seconds, help=f"seconds a finished job and its model are kept; 0 keeps them forever (default: {JobLimits.result_ttl_seconds:.0f}, 7 days)")
     parser.add_argument("--max-disk-bytes", type=int, default=JobLimits.max_disk_bytes, help="maximum number of bytes in the data directory; uploads and submits that would pass it get RESOURCE_EXHAUSTED (default: 0, no limit)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP at /metrics on this port of --host; 0 picks a free port (default: no metrics)")
@@ -119,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             max_image_pixels=args.max_image_pixels, max_request_bytes=args.max_request_bytes,
             max_dataset_bytes=args.max_dataset_bytes,
         )
+    except ValueError as error:
+        logger.error("invalid limit: %s", error)
+        return 2
+    if args.job_memory_mib < 0:
+        logger.error("--job-memory-mib is %s; use 0 to measure it at start or a positive size in MiB", args.job_memory_mib)
+        return 2
+    concurrent_jobs = resolve_concurrent_jobs(args.max_concurrent_jobs, device, checkpoint, config, limits, args.job_memory_mib)
+    try:
         job_limits = JobLimits(
-            max_queued_jobs=args.max_queue, max_concurrent_jobs=args.max_concurrent_jobs,
+            max_queued_jobs=args.max_queue, max_concurrent_jobs=concurrent_jobs,
             result_ttl_seconds=args.result_ttl, max_disk_bytes=args.max_disk_bytes,
         )
     except ValueError as error:
