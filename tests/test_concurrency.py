@@ -1,11 +1,12 @@
-"""The number of concurrent jobs: parsing of --max-concurrent-jobs, the memory formula of its
-auto mode, and the start-up measurement of one job's GPU memory."""
+"""Concurrent jobs: parsing of --max-concurrent-jobs, the memory formula of its auto mode, the
+start-up measurement of one job's GPU memory, and ONNX exports from two threads at once."""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import torch
 
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint
+from archadapt.export import export_onnx
+from archadapt.network import DerivedNetwork
 from server.concurrency import (
     MAX_AUTO_CONCURRENT_JOBS,
     concurrent_jobs_argument,
@@ -21,6 +24,7 @@ from server.concurrency import (
     resolve_concurrent_jobs,
 )
 from server.request_decoding import RequestLimits
+from test_export import CHECKPOINT_ID, CLASS_NAMES, SPACE, SPEC, images, random_genotype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -81,3 +85,13 @@ def test_measured_job_memory_covers_largest_dataset(checkpoint: Checkpoint) -> N
     assert large - small == pytest.approx(10_000 * image_bytes, rel=0.5)
     jobs = resolve_concurrent_jobs("auto", device, checkpoint, ServingConfig(), RequestLimits())
     assert 1 <= jobs <= MAX_AUTO_CONCURRENT_JOBS
+
+
+def test_exports_in_parallel_threads_succeed() -> None:
+    """Two exports at once in threads of one process both succeed, as two concurrent jobs need."""
+    networks = [DerivedNetwork(SPACE, SPEC, random_genotype(seed), len(CLASS_NAMES)).eval() for seed in range(2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(export_onnx, network, SPEC, CLASS_NAMES, CHECKPOINT_ID, images(4, 0)) for network in networks]
+        exported = [future.result(timeout=600) for future in futures]
+
+    assert all(model.max_abs_diff <= 1e-4 for model in exported)
