@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from archadapt.genotype import Genotype
 from archadapt.inner_loop import Prior, StepReport, run_inner_loop
 from archadapt.network import DerivedNetwork, count_multiply_accumulates, count_parameters, inherit_weights
 from archadapt.posterior import op_probs
+from archadapt.progress import ProgressThrottle
 from archadapt.supernet import ALPHA_NAMES
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,23 @@ class ServingConfig:
     )
     validation_fraction: float = 0.1  # part of each class held out for validation
     min_examples_for_validation: int = 5  # every class needs this many images to split
+    # Seconds between two progress reports of the adapt and finetune phases, whose first and last
+    # steps always report. Each report reads a loss, which on a GPU waits for the queued steps.
+    # With 0 every step reports.
+    progress_interval_seconds: float = 0.2
 
     def __post_init__(self) -> None:
         check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         check_range("min_examples_for_validation", self.min_examples_for_validation, 2, 1000)
+        check_range("progress_interval_seconds", self.progress_interval_seconds, 0.0, 3600.0)
+
+    def with_precision(self, precision: str) -> "ServingConfig":
+        """Return this config with both training loops in `precision` ("float32" or "bfloat16")."""
+        return dataclasses.replace(
+            self,
+            inner=dataclasses.replace(self.inner, precision=precision),
+            finetune=dataclasses.replace(self.finetune, precision=precision),
+        )
 
 
 @dataclass
@@ -151,6 +166,7 @@ def adapt_task(
     posterior = run_inner_loop(
         supernet, prior, support_images, support_labels, data.num_classes, config.inner,
         generator=generator, on_step=on_inner_step, should_stop=should_stop,
+        throttle=ProgressThrottle(config.progress_interval_seconds),
     )
     timings["adapt"] = time.perf_counter() - started
 
@@ -168,7 +184,7 @@ def adapt_task(
     finetune(
         network, support_images, support_labels, config.finetune, generator,
         on_step=lambda step, total, loss: progress("finetune", step, total, loss),
-        should_stop=should_stop,
+        should_stop=should_stop, throttle=ProgressThrottle(config.progress_interval_seconds),
     )
     timings["finetune"] = time.perf_counter() - started
 

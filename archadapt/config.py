@@ -12,6 +12,9 @@ from archadapt.errors import ConfigError
 
 T = TypeVar("T")
 
+# Numeric precisions of the training loops, implemented in archadapt.precision.
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a dict, rejecting unknown keys and nested unknown keys."""
@@ -80,6 +83,7 @@ class InnerLoopConfig:
     prior_sigma: float = 0.1  # standard deviation of the weight prior
     weight_sampling: str = "point"  # "point" (q(w) is a point mass) or "gaussian"
     grad_clip: float = 5.0  # maximum global gradient norm per step
+    precision: str = "float32"  # "float32" or "bfloat16" (autocast with float32 weights)
 
     def __post_init__(self) -> None:
         check_range("inner_steps", self.inner_steps, 0, 10_000)
@@ -94,6 +98,7 @@ class InnerLoopConfig:
         check_range("prior_sigma", self.prior_sigma, 1e-6, 100.0)
         check_choice("weight_sampling", self.weight_sampling, ("point", "gaussian"))
         check_range("grad_clip", self.grad_clip, 0.0, 1e6)
+        check_choice("precision", self.precision, PRECISIONS)
 
     def temperature_at(self, step: int) -> float:
         """Temperature of step `step`, geometric from `temperature` to `temperature_end`."""
@@ -116,6 +121,7 @@ class FinetuneConfig:
     lr_schedule: str = "constant"  # or "one_cycle": warm up to lr over 15% of the steps, then anneal
     mixup_alpha: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 turns it off
     ema_decay: float = 0.0  # exponential moving average of the weights, returned instead; 0 turns it off
+    precision: str = "float32"  # "float32" or "bfloat16" (autocast with float32 weights)
 
     def __post_init__(self) -> None:
         check_range("finetune steps", self.steps, 0, 100_000)
@@ -125,3 +131,4 @@ class FinetuneConfig:
         check_range("finetune lr", self.lr, 0.0, 10.0)
         check_range("finetune weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("finetune batch_size", self.batch_size, 1, 100_000)
+        check_choice("finetune precision", self.precision, PRECISIONS)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,11 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 # onnxscript and onnx_ir log every optimization pass at INFO, about 100 lines per export.
 for _name in ("onnxscript", "onnx_ir"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+# torch.export keeps its dispatch modes, and the warnings module its filters, in process-wide
+# state, so two exports in threads of one process break each other ("ProxyTorchDispatchMode slot
+# already occupied"). Exports therefore take turns.
+_EXPORT_LOCK = threading.Lock()
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -55,7 +62,7 @@ def export_onnx(
     network = network.eval().to("cpu")
     example = torch.rand(2, spec.channels, spec.height, spec.width, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with warnings.catch_warnings():
+    with _one_export_at_a_time(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about its own internals
         program = torch.onnx.export(
             network,
@@ -143,3 +150,14 @@ def check_parity(network: torch.nn.Module, onnx_bytes: bytes, images: torch.Tens
 def read_metadata(onnx_bytes: bytes) -> dict[str, str]:
     model = onnx.load_model(io.BytesIO(onnx_bytes))
     return {entry.key: entry.value for entry in model.metadata_props}
+
+
+@contextlib.contextmanager
+def _one_export_at_a_time() -> Iterator[None]:
+    """Hold the export lock, waiting in short slices so that the waiting thread stays interruptible."""
+    while not _EXPORT_LOCK.acquire(timeout=0.1):
+        pass
+    try:
+        yield
+    finally:
+        _EXPORT_LOCK.release()

@@ -27,6 +27,8 @@ from archadapt.posterior import (
     prototype_head,
     sample_weights,
 )
+from archadapt.precision import autocast
+from archadapt.progress import ProgressThrottle, every_step
 from archadapt.supernet import ALPHA_NAMES, Supernet
 
 logger = logging.getLogger(__name__)
@@ -142,14 +144,17 @@ def run_inner_loop(
     create_graph: bool = False,
     on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    throttle: ProgressThrottle | None = None,
 ) -> Posterior:
     """Adapt the posterior to the support set and return q(. | phi^T) with its task head.
 
     With create_graph=True the result stays a differentiable function of the prior (for
     second-order meta-gradients); otherwise every step starts from detached tensors, which
     keeps memory flat. `should_stop` is checked before every step and raises
-    AdaptationCancelled when it returns True.
+    AdaptationCancelled when it returns True. `on_step` gets the steps that `throttle` lets
+    through (every step without one); the losses of the others stay on the device until the end.
     """
+    throttle = throttle or every_step()
     num_support = support_images.shape[0]
     head = initial_head(
         supernet, prior, support_images, support_labels, num_classes, config, generator, create_graph
@@ -174,10 +179,11 @@ def run_inner_loop(
         batch = _minibatch(num_support, config.batch_size, generator, support_images.device)
         temperature = config.temperature_at(step)
         head = TaskHead(head_weight, head_bias)
-        nll, kl_alpha_term, kl_w_term = negative_elbo(
-            supernet, phi, head, prior, support_images[batch], support_labels[batch],
-            num_support, config, temperature, generator,
-        )
+        with autocast(config.precision, support_images.device):
+            nll, kl_alpha_term, kl_w_term = negative_elbo(
+                supernet, phi, head, prior, support_images[batch], support_labels[batch],
+                num_support, config, temperature, generator,
+            )
         loss = nll + kl_alpha_term + kl_w_term
 
         # The weight KL is quadratic, so it gets an exact proximal step below instead of a
@@ -204,17 +210,20 @@ def run_inner_loop(
         phi = dict(zip(names, updated[: len(names)]))
         head_weight, head_bias = updated[len(names)], updated[len(names) + 1]
 
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(StepReport(step + 1, config.inner_steps, losses[-1], float(nll.detach()), temperature))
+        # float() waits for the device, so only the steps that report convert their loss.
+        losses.append(loss.detach())
+        if on_step is not None and throttle.due(step + 1, config.inner_steps):
+            on_step(StepReport(step + 1, config.inner_steps, float(losses[-1]), float(nll.detach()), temperature))
 
+    losses = torch.stack(losses).tolist() if losses else []
     return Posterior(parameters=phi, head=TaskHead(head_weight, head_bias), losses=losses)
 
 
 def _minibatch(size: int, batch_size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     if batch_size >= size:
         return torch.arange(size, device=device)
-    return torch.randperm(size, generator=generator)[:batch_size].to(device)
+    # non_blocking: a blocking copy to a GPU would wait for the work already queued there.
+    return torch.randperm(size, generator=generator)[:batch_size].to(device, non_blocking=True)
 
 
 def _clip_scale(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor | float:

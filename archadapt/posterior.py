@@ -91,6 +91,6 @@ def sample_weights(phi_w: Tensors, log_sigma: Tensors, generator: torch.Generato
     """Draw w = phi_w + sigma * eps by the reparameterization trick."""
     sampled = {}
     for name, phi in phi_w.items():
-        noise = torch.randn(phi.shape, generator=generator).to(phi.device)
+        noise = torch.randn(phi.shape, generator=generator).to(phi.device, non_blocking=True)
         sampled[name] = phi + torch.exp(log_sigma[name]) * noise
     return sampled

@@ -39,7 +39,7 @@ def sample_op_weights(
         return torch.softmax(alpha / temperature, dim=-1), None
     # Noise is drawn on the CPU so that a seed gives the same architectures on every device.
     uniform = torch.rand(alpha.shape, generator=generator).clamp(1e-10, 1.0 - 1e-7)
-    gumbel = (-torch.log(-torch.log(uniform))).to(alpha.device)
+    gumbel = (-torch.log(-torch.log(uniform))).to(alpha.device, non_blocking=True)
     soft = torch.softmax((alpha + gumbel) / temperature, dim=-1)  # (E, K)
     if mode == "soft":
         return soft, None
@@ -120,6 +120,8 @@ class Supernet(nn.Module):
         samples = {}
         for cell_type, alpha in self.alphas().items():
             weights, index = sample_op_weights(alpha, temperature, mode, generator)
+            # NOTE: the host must know the sampled primitives to run only those, so on a GPU the
+            # hard and mode samples wait here for the work queued before them.
             samples[cell_type] = (weights, None if index is None else index.tolist())
 
         s0 = s1 = self.stem(self.normalize(images))

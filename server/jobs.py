@@ -7,6 +7,7 @@ resumes every job that was queued or running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -450,6 +451,9 @@ class JobManager:
 
     def _work(self) -> None:
         section = ComputeSection()
+        # On CUDA each worker queues its jobs' kernels on a stream of its own, so that the kernels
+        # of concurrent jobs can overlap instead of queueing behind each other on the default stream.
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         while not self._stopping.is_set():
             with self._changed:
                 job = None if self._stopping.is_set() else self.store.claim_next_job()
@@ -459,7 +463,8 @@ class JobManager:
                 self._generation += 1
                 self._changed.notify_all()
             try:
-                self._run(job, section)
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    self._run(job, section)
             except Exception as error:  # recording the outcome failed, for example on a full disk
                 logger.exception("job %s: could not record the outcome", job.job_id)
                 self._fail_unrecorded(job.job_id, error)

@@ -19,9 +19,12 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import load_checkpoint
-from archadapt.errors import CheckpointError
+from archadapt.config import PRECISIONS
+from archadapt.errors import CheckpointError, ConfigError
 from server.app import create_server
+from server.concurrency import MAX_AUTO_CONCURRENT_JOBS, concurrent_jobs_argument, resolve_concurrent_jobs
 from server.jobs import JobLimits
 from server.providers import loaded_providers
 from server.request_decoding import RequestLimits
@@ -47,13 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-request-bytes", type=int, default=RequestLimits.max_request_bytes, help=f"largest gRPC message in bytes, so the largest Adapt or inline SubmitJob dataset (default: {RequestLimits.max_request_bytes})")
     parser.add_argument("--max-dataset-bytes", type=int, default=RequestLimits.max_dataset_bytes, help=f"largest dataset in bytes accepted by UploadDataset (default: {RequestLimits.max_dataset_bytes})")
     parser.add_argument("--max-queue", type=int, default=JobLimits.max_queued_jobs, help=f"maximum number of jobs waiting in the queue; a submit beyond it gets RESOURCE_EXHAUSTED (default: {JobLimits.max_queued_jobs})")
-    parser.add_argument("--max-concurrent-jobs", type=int, default=JobLimits.max_concurrent_jobs, help=f"maximum number of jobs running at once (default: {JobLimits.max_concurrent_jobs}, one per device)")
+    parser.add_argument("--max-concurrent-jobs", type=concurrent_jobs_argument, default=JobLimits.max_concurrent_jobs, help=f"maximum number of jobs running at once, or auto: on CUDA as many as fit in free GPU memory (up to {MAX_AUTO_CONCURRENT_JOBS}), on a CPU one (default: {JobLimits.max_concurrent_jobs})")
+    parser.add_argument("--job-memory-mib", type=float, default=0.0, help="GPU memory of one job at its peak, in MiB, for --max-concurrent-jobs auto; 0 measures it with a short job at start (default: 0)")
     parser.add_argument("--result-ttl", type=float, default=JobLimits.result_ttl_seconds, help=f"seconds a finished job and its model are kept; 0 keeps them forever (default: {JobLimits.result_ttl_seconds:.0f}, 7 days)")
     parser.add_argument("--max-disk-bytes", type=int, default=JobLimits.max_disk_bytes, help="maximum number of bytes in the data directory; uploads and submits that would pass it get RESOURCE_EXHAUSTED (default: 0, no limit)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP at /metrics on this port of --host; 0 picks a free port (default: no metrics)")
     parser.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port to this file once the server is ready")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds that open calls get to finish after SIGTERM or SIGINT (default: 5)")
     parser.add_argument("--grpc-threads", type=int, default=32, help="gRPC worker threads; each open Adapt or WatchJob stream uses one (default: 32)")
+    parser.add_argument("--progress-interval", type=float, default=ServingConfig.progress_interval_seconds, help=f"seconds between two progress events of the adapt and finetune phases, whose first and last steps always report; each event waits for the GPU, 0 reports every step (default: {ServingConfig.progress_interval_seconds})")
+    parser.add_argument("--precision", default="float32", choices=list(PRECISIONS), help="numeric precision of the inner loop and fine-tuning: float32, or bfloat16 autocast with float32 weights; the ONNX model is float32 either way (default: float32)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for adaptation (0: torch's default, one per core)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
     add_security_arguments(parser)
@@ -90,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("--device is %s; use auto, cpu, cuda or cuda:N", args.device)
             return 2
     try:
+        config = ServingConfig(progress_interval_seconds=args.progress_interval).with_precision(args.precision)
+    except ConfigError as error:
+        logger.error("invalid --progress-interval: %s", error)
+        return 2
+    if args.precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        logger.error("--precision bfloat16 needs a GPU with bfloat16 support, which %s lacks; use --precision float32", device)
+        return 2
+    try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
     except CheckpointError as error:
         logger.error("cannot load checkpoint: %s", error)
@@ -107,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             max_image_pixels=args.max_image_pixels, max_request_bytes=args.max_request_bytes,
             max_dataset_bytes=args.max_dataset_bytes,
         )
+    except ValueError as error:
+        logger.error("invalid limit: %s", error)
+        return 2
+    if args.job_memory_mib < 0:
+        logger.error("--job-memory-mib is %s; use 0 to measure it at start or a positive size in MiB", args.job_memory_mib)
+        return 2
+    concurrent_jobs = resolve_concurrent_jobs(args.max_concurrent_jobs, device, checkpoint, config, limits, args.job_memory_mib)
+    try:
         job_limits = JobLimits(
-            max_queued_jobs=args.max_queue, max_concurrent_jobs=args.max_concurrent_jobs,
+            max_queued_jobs=args.max_queue, max_concurrent_jobs=concurrent_jobs,
             result_ttl_seconds=args.result_ttl, max_disk_bytes=args.max_disk_bytes,
         )
     except ValueError as error:
@@ -116,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics_address = (args.host, args.metrics_port) if args.metrics_port is not None else None
     running = create_server(
-        f"{args.host}:{args.port}", checkpoint, device, limits, max_workers=args.grpc_threads,
+        f"{args.host}:{args.port}", checkpoint, device, limits, config, max_workers=args.grpc_threads,
         security=security, data_dir=args.data_dir, job_limits=job_limits, metrics_address=metrics_address,
     )
     logger.info(
-        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads); "
+        "serving checkpoint %s from %s on %s:%d; device %s (%d CPU threads, %s); "
         "onnxruntime %s providers %s loaded of %s available",
-        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(),
+        checkpoint.checkpoint_id, args.checkpoint, args.host, running.port, device, torch.get_num_threads(), args.precision,
         onnxruntime.__version__, loaded_providers(), onnxruntime.get_available_providers(),
     )
     logger.info("connections: %s", describe(security, args))

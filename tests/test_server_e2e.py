@@ -60,6 +60,7 @@ SERVING = ServingConfig(
     inner=dataclasses.replace(ServingConfig().inner, inner_steps=INNER_STEPS),
     finetune=FinetuneConfig(steps=FINETUNE_STEPS),
     validation_fraction=0.15,
+    progress_interval_seconds=0.0,  # every step reports, so the checks below see each one
 )
 # Differs from the defaults, so the test checks that GetServerInfo reports the server's own limits.
 LIMITS = RequestLimits(max_images=1000, max_classes=50)
