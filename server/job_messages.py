@@ -10,6 +10,9 @@ from google.protobuf.message import DecodeError
 
 from archadapt.adaptation import AdaptationResult, ServingConfig
 from archadapt.checkpoint import Checkpoint
+from archadapt.cost_model import Budget, CostModel
+from archadapt.derivation import check_feasible
+from archadapt.errors import BudgetError
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.request_decoding import InvalidRequest
 
@@ -48,6 +51,21 @@ def check_options(options: pb.AdaptOptions) -> list[tuple[str, str]]:
     if options.finetune_steps > MAX_STEPS:
         violations.append(("options.finetune_steps", f"finetune_steps is {options.finetune_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
     return violations
+
+
+def budget(options: pb.AdaptOptions) -> Budget:
+    return Budget(max_parameters=options.max_parameters, max_multiply_accumulates=options.max_multiply_accumulates)
+
+
+def check_budget(options: pb.AdaptOptions, checkpoint: Checkpoint, num_classes: int) -> None:
+    """Raise InvalidRequest when no network of the search space for `num_classes` classes fits the budget."""
+    limits = budget(options)
+    if not limits.is_set:
+        return
+    try:
+        check_feasible(CostModel.build(checkpoint.space, checkpoint.spec, num_classes), limits)
+    except BudgetError as error:
+        raise InvalidRequest([(f"options.{option}", description) for option, description in error.violations]) from None
 
 
 def serving_config(config: ServingConfig, options: pb.AdaptOptions) -> ServingConfig:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from archadapt_client import __version__
 from archadapt_client.client import AdaptResult, Client, ProgressUpdate, RetryPolicy
 from archadapt_client.errors import ArchadaptError
-from archadapt_client.jobs_cli import JOB_COMMANDS, add_job_commands, run_job_command
+from archadapt_client.jobs_cli import JOB_COMMANDS, add_budget_arguments, add_job_commands, run_job_command
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
 from archadapt_client.v1 import archadapt_pb2
 
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="fine-tuning steps of the derived network (default: 0, the server's default)",
     )
+    add_budget_arguments(adapt)
     adapt.add_argument(
         "--triton-repo",
         type=Path,
@@ -344,6 +345,8 @@ def run_adapt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
                 seed=args.seed,
                 inner_steps=args.inner_steps,
                 finetune_steps=args.finetune_steps,
+                max_parameters=args.max_parameters,
+                max_multiply_accumulates=args.max_macs,
             )
     finally:
         bars.close()

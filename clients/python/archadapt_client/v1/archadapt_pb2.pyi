@@ -68,14 +68,18 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawArray, _Mapping]] = ...) -> None: ...
 
 class AdaptOptions(_message.Message):
-    __slots__ = ("seed", "inner_steps", "finetune_steps")
+    __slots__ = ("seed", "inner_steps", "finetune_steps", "max_parameters", "max_multiply_accumulates")
     SEED_FIELD_NUMBER: _ClassVar[int]
     INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MULTIPLY_ACCUMULATES_FIELD_NUMBER: _ClassVar[int]
     seed: int
     inner_steps: int
     finetune_steps: int
-    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ...) -> None: ...
+    max_parameters: int
+    max_multiply_accumulates: int
+    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ..., max_parameters: _Optional[int] = ..., max_multiply_accumulates: _Optional[int] = ...) -> None: ...
 
 class AdaptRequest(_message.Message):
     __slots__ = ("images", "labels", "class_names", "options")
