@@ -14,7 +14,7 @@ from torch import nn
 from archadapt.checkpoint import Checkpoint
 from archadapt.config import FinetuneConfig, InnerLoopConfig, check_range
 from archadapt.cost_model import Budget, CostModel, budget_penalty
-from archadapt.derivation import check_feasible, derive_within_budget
+from archadapt.derivation import RankedGenotype, check_feasible, derive_within_budget, top_genotypes
 from archadapt.export import export_onnx
 from archadapt.finetune import finetune
 from archadapt.genotype import Genotype
@@ -55,11 +55,13 @@ class ServingConfig:
     # the inner-loop test with a peaked prior, 10 steps at weight 1 lowered the expected parameter
     # count by 6% and at weight 10 by 70%. Derivation enforces the budget whatever the weight.
     budget_penalty: float = 10.0
+    top_genotypes: int = 5  # most probable genotypes listed in the result
 
     def __post_init__(self) -> None:
         check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         check_range("min_examples_for_validation", self.min_examples_for_validation, 2, 1000)
         check_range("budget_penalty", self.budget_penalty, 0.0, 1e6)
+        check_range("top_genotypes", self.top_genotypes, 0, 100)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class AdaptationResult:
     onnx_max_abs_diff: float
     parameter_count: int
     multiply_accumulates: int
+    top_genotypes: list[RankedGenotype] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     network: DerivedNetwork | None = None
 
@@ -173,6 +176,7 @@ def adapt_task(
     progress("derive", 0, 1, 0.0)
     probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
     genotype = derive_within_budget(checkpoint.space, probs, cost_model, budget)
+    ranked = top_genotypes(checkpoint.space, probs, cost_model, config.top_genotypes) if config.top_genotypes else []
     network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
     inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
     progress("derive", 1, 1, 0.0)
@@ -213,6 +217,7 @@ def adapt_task(
         onnx_max_abs_diff=exported.max_abs_diff,
         parameter_count=count_parameters(network),
         multiply_accumulates=count_multiply_accumulates(network, checkpoint.spec),
+        top_genotypes=ranked,
         timings=timings,
         network=network,
     )

@@ -7,13 +7,15 @@ intermediate node keeps the two incoming edges whose chosen primitive is most pr
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from archadapt.cost_model import METRICS, Budget, CostModel
+from archadapt.cost_model import METRICS, Budget, Cost, CostModel
 from archadapt.errors import BudgetError
 from archadapt.genotype import CellGenotype, Genotype
 from archadapt.search_space import CELL_TYPES, SearchSpace
@@ -46,7 +48,7 @@ def derive_genotype(space: SearchSpace, op_probs: dict[str, torch.Tensor]) -> Ge
     return genotype
 
 
-# -- Derivation under a budget ---------------------------------------------------------------
+# -- Derivation under a budget, ranking and sampling -------------------------------------------
 #
 # A genotype the DARTS rule can return picks, for every intermediate node of each cell type, two
 # distinct incoming edges and a primitive other than `none` on each. Its score is the sum of the
@@ -63,6 +65,17 @@ class NodeOption:
     pairs: tuple[tuple[int, int], tuple[int, int]]
     log_prob: float
     cost: tuple[int, ...]  # one entry per metric that the budget limits
+
+
+@dataclass(frozen=True)
+class RankedGenotype:
+    genotype: Genotype
+    log_prob: float  # log of the product of the chosen primitives' probabilities
+    cost: Cost
+
+    @property
+    def probability(self) -> float:
+        return math.exp(self.log_prob)
 
 
 def _groups(space: SearchSpace) -> list[tuple[str, int]]:
@@ -204,3 +217,21 @@ def check_feasible(model: CostModel, budget: Budget) -> None:
             problems.append((option, f"{option} is {limit}, but the smallest network for this task has {least} {words}; raise {option} to {least} or more, or set it to 0 for no limit"))
     if problems:
         raise BudgetError(problems)
+
+
+def top_genotypes(space: SearchSpace, op_probs: dict[str, torch.Tensor], model: CostModel, count: int) -> list[RankedGenotype]:
+    """Return the `count` highest-scoring genotypes the DARTS rule can return, best first, ignoring any budget.
+
+    Scores add over nodes, so keeping the best `count` partial genotypes after each node is exact.
+    """
+    options = _all_options(space, op_probs, None, ())
+    partial: list[tuple[float, tuple[NodeOption, ...]]] = [(0.0, ())]
+    for group in _groups(space):
+        best_options = heapq.nlargest(count, options[group], key=lambda o: o.log_prob)
+        candidates = ((score + o.log_prob, chosen + (o,)) for score, chosen in partial for o in best_options)
+        partial = heapq.nlargest(count, candidates, key=lambda c: c[0])
+    ranked = []
+    for score, chosen in partial:
+        genotype = _genotype(space, dict(zip(_groups(space), chosen)))
+        ranked.append(RankedGenotype(genotype, score, model.genotype_cost(genotype)))
+    return ranked

@@ -106,4 +106,13 @@ def result_proto(result: AdaptationResult, request_id: str, checkpoint: Checkpoi
         model_sha256=hashlib.sha256(result.onnx_bytes).hexdigest(),
         class_names=result.class_names,
         checkpoint_id=checkpoint.checkpoint_id,
+        top_genotypes=[
+            pb.RankedGenotype(
+                genotype_json=ranked.genotype.to_json(),
+                probability=ranked.probability,
+                parameter_count=ranked.cost.parameters,
+                multiply_accumulates=ranked.cost.multiply_accumulates,
+            )
+            for ranked in result.top_genotypes
+        ],
     )

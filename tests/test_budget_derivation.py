@@ -1,4 +1,4 @@
-"""Derivation under a budget."""
+"""Derivation under a budget and the ranking of genotypes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from archadapt.derivation import (
     derive_genotype,
     derive_within_budget,
     smallest_cost,
+    top_genotypes,
 )
 from archadapt.errors import BudgetError
 from archadapt.search_space import InputSpec, SearchSpace
@@ -105,3 +106,21 @@ def test_impossible_budget_names_smallest_network() -> None:
     assert least == model.fixed.parameters
     with pytest.raises(BudgetError, match=f"max_parameters is {least - 1}, but the smallest network for this task has {least} parameters; raise max_parameters to {least}"):
         derive_within_budget(SMALL_SPACE, random_probs(SMALL_SPACE, 0), model, Budget(max_parameters=least - 1))
+
+
+def test_top_genotypes_exact_and_ordered() -> None:
+    model = CostModel.build(SMALL_SPACE, SPEC, 4)
+    probs = random_probs(SMALL_SPACE, 5)
+    ranked = top_genotypes(SMALL_SPACE, probs, model, 5)
+
+    assert ranked[0].genotype == derive_genotype(SMALL_SPACE, probs)
+    assert len({r.genotype for r in ranked}) == 5
+    every = sorted(
+        (a[0] + b[0] for a in every_cell(SMALL_SPACE, probs["normal"], {m: model.edge_costs[m]["normal"] for m in model.edge_costs})
+         for b in every_cell(SMALL_SPACE, probs["reduce"], {m: model.edge_costs[m]["reduce"] for m in model.edge_costs})),
+        reverse=True,
+    )[:5]
+    assert [r.log_prob for r in ranked] == pytest.approx(every, abs=1e-5)
+    for r in ranked:
+        assert r.probability == pytest.approx(np.exp(log_prob(r.genotype, probs, SMALL_SPACE)))
+        assert r.cost == model.genotype_cost(r.genotype)

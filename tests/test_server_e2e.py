@@ -541,7 +541,7 @@ def test_cli_adapt_single_class_fails(address: str, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Budgets
+# Budgets and ranked genotypes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -569,6 +569,13 @@ def test_adapt_respects_budgets(client: Client) -> None:
     cost = model.genotype_cost(Genotype.from_dict(result.genotype))
     assert (cost.parameters, cost.multiply_accumulates) == (result.parameter_count, result.multiply_accumulates)
 
+    ranked = result.top_genotypes
+    assert len(ranked) == 5
+    assert [r.probability for r in ranked] == sorted((r.probability for r in ranked), reverse=True)
+    assert all(0.0 < r.probability <= 1.0 for r in ranked)
+    for r in ranked:
+        cost = model.genotype_cost(Genotype.from_dict(r.genotype))
+        assert (cost.parameters, cost.multiply_accumulates) == (r.parameter_count, r.multiply_accumulates)
 
 
 def test_impossible_budget_fails_at_admission(client: Client) -> None:
@@ -608,6 +615,8 @@ def test_cli_adapt_budget_json(address: str, tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
     assert document["parameter_count"] <= max_parameters
+    assert len(document["top_genotypes"]) == 5
+    assert set(document["top_genotypes"][0]) == {"genotype", "probability", "parameter_count", "multiply_accumulates"}
     result_json = tmp_path / "result.json"
     result_json.write_text(completed.stdout)
     drawn = run_cli("show", str(result_json), "--out", str(tmp_path / "cells.png"))

@@ -384,6 +384,7 @@ def result_document(result: AdaptResult, path: Path) -> dict[str, Any]:
         "genotype": result.genotype,
         "timings": result.timings,
         "edge_probabilities": [dataclasses.asdict(edge) for edge in result.edge_probabilities],
+        "top_genotypes": [dataclasses.asdict(ranked) for ranked in result.top_genotypes],
     }
 
 
@@ -471,6 +472,16 @@ def print_result(result: AdaptResult, path: Path, stdout: TextIO) -> None:
     lines.append("genotype:")
     for cell_type, operations in result.genotype.items():
         lines.append(f"  {cell_type}: {json.dumps(operations)}")
+
+    if result.top_genotypes:
+        lines.append("most probable genotypes under the posterior:")
+        for rank, ranked in enumerate(result.top_genotypes, start=1):
+            lines.append(
+                f"  {rank}. probability {ranked.probability:.3g}, {ranked.parameter_count} parameters, "
+                f"{ranked.multiply_accumulates} multiply-accumulates"
+            )
+            for cell_type, operations in ranked.genotype.items():
+                lines.append(f"     {cell_type}: {json.dumps(operations)}")
 
     lines.append("phase times:")
     width = max((len(name) for name in result.timings), default=0)

@@ -108,6 +108,25 @@ class EdgeProbabilities:
 
 
 @dataclass(frozen=True)
+class RankedGenotype:
+    """One of the most probable genotypes under the adapted posterior.
+
+    Attributes:
+        genotype: The genotype, in the form of ``AdaptResult.genotype``.
+        probability: Probability under q(alpha) that every chosen edge
+            carries its chosen primitive, in [0, 1].
+        parameter_count: Trainable parameters of its network for this task.
+        multiply_accumulates: Multiply-accumulates of one forward pass of
+            that network on one image.
+    """
+
+    genotype: dict[str, Any]
+    probability: float
+    parameter_count: int
+    multiply_accumulates: int
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Measurements of the returned network.
 
@@ -149,6 +168,9 @@ class AdaptResult:
         request_id: Server-assigned id, also found in the server's logs.
         checkpoint_id: Id of the checkpoint the prior came from.
         model_sha256: Hex SHA-256 of onnx_model.
+        top_genotypes: The most probable genotypes under the adapted
+            posterior, best first, with their probabilities and costs;
+            the budget is not applied to them.
     """
 
     onnx_model: bytes = field(repr=False)
@@ -162,6 +184,7 @@ class AdaptResult:
     request_id: str
     checkpoint_id: str
     model_sha256: str
+    top_genotypes: list[RankedGenotype] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ONNX model to ``path``, replacing an existing file, and return the path."""
@@ -806,6 +829,15 @@ def _convert_result(model: bytes, result: archadapt_pb2.AdaptResult) -> AdaptRes
         request_id=result.request_id,
         checkpoint_id=result.checkpoint_id,
         model_sha256=result.model_sha256,
+        top_genotypes=[
+            RankedGenotype(
+                genotype=_parse_genotype(ranked.genotype_json, f"top_genotypes[{i}].genotype_json", result.request_id),
+                probability=ranked.probability,
+                parameter_count=ranked.parameter_count,
+                multiply_accumulates=ranked.multiply_accumulates,
+            )
+            for i, ranked in enumerate(result.top_genotypes)
+        ],
     )
 
 

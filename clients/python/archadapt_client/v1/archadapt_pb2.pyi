@@ -154,7 +154,7 @@ class Metrics(_message.Message):
     def __init__(self, support_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ..., validation_accuracy: _Optional[float] = ..., validation_loss: _Optional[float] = ..., onnx_max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class AdaptResult(_message.Message):
-    __slots__ = ("request_id", "genotype_json", "edge_probabilities", "metrics", "timings", "parameter_count", "multiply_accumulates", "model_bytes", "model_sha256", "class_names", "checkpoint_id")
+    __slots__ = ("request_id", "genotype_json", "edge_probabilities", "metrics", "timings", "parameter_count", "multiply_accumulates", "model_bytes", "model_sha256", "class_names", "checkpoint_id", "top_genotypes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     GENOTYPE_JSON_FIELD_NUMBER: _ClassVar[int]
     EDGE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class AdaptResult(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_GENOTYPES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     genotype_json: str
     edge_probabilities: _containers.RepeatedCompositeFieldContainer[EdgeProbabilities]
@@ -177,7 +178,20 @@ class AdaptResult(_message.Message):
     model_sha256: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     checkpoint_id: str
-    def __init__(self, request_id: _Optional[str] = ..., genotype_json: _Optional[str] = ..., edge_probabilities: _Optional[_Iterable[_Union[EdgeProbabilities, _Mapping]]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ..., model_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...
+    top_genotypes: _containers.RepeatedCompositeFieldContainer[RankedGenotype]
+    def __init__(self, request_id: _Optional[str] = ..., genotype_json: _Optional[str] = ..., edge_probabilities: _Optional[_Iterable[_Union[EdgeProbabilities, _Mapping]]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ..., model_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., top_genotypes: _Optional[_Iterable[_Union[RankedGenotype, _Mapping]]] = ...) -> None: ...
+
+class RankedGenotype(_message.Message):
+    __slots__ = ("genotype_json", "probability", "parameter_count", "multiply_accumulates")
+    GENOTYPE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLY_ACCUMULATES_FIELD_NUMBER: _ClassVar[int]
+    genotype_json: str
+    probability: float
+    parameter_count: int
+    multiply_accumulates: int
+    def __init__(self, genotype_json: _Optional[str] = ..., probability: _Optional[float] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ...) -> None: ...
 
 class AdaptEvent(_message.Message):
     __slots__ = ("progress", "model_chunk", "result")
