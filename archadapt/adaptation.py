@@ -14,16 +14,18 @@ from torch import nn
 from archadapt.checkpoint import Checkpoint
 from archadapt.config import FinetuneConfig, InnerLoopConfig, check_range
 from archadapt.cost_model import Budget, CostModel, budget_penalty
-from archadapt.derivation import RankedGenotype, check_feasible, derive_within_budget, top_genotypes
+from archadapt.derivation import RankedGenotype, check_feasible, derive_within_budget, sample_genotypes, top_genotypes
 from archadapt.export import export_onnx
 from archadapt.finetune import finetune
 from archadapt.genotype import Genotype
-from archadapt.inner_loop import Prior, StepReport, run_inner_loop
+from archadapt.inner_loop import Posterior, Prior, StepReport, run_inner_loop
 from archadapt.network import DerivedNetwork, count_multiply_accumulates, count_parameters, inherit_weights
 from archadapt.posterior import op_probs
 from archadapt.supernet import ALPHA_NAMES
 
 logger = logging.getLogger(__name__)
+
+MAX_GENOTYPE_SAMPLES = 64
 
 PHASES: tuple[str, ...] = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
 
@@ -55,12 +57,16 @@ class ServingConfig:
     # the inner-loop test with a peaked prior, 10 steps at weight 1 lowered the expected parameter
     # count by 6% and at weight 10 by 70%. Derivation enforces the budget whatever the weight.
     budget_penalty: float = 10.0
+    # Genotypes considered at derivation: the DARTS genotype plus genotype_samples - 1 draws from
+    # q(alpha), scored by the validation cross-entropy of the supernet's inherited weights.
+    genotype_samples: int = 1
     top_genotypes: int = 5  # most probable genotypes listed in the result
 
     def __post_init__(self) -> None:
         check_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         check_range("min_examples_for_validation", self.min_examples_for_validation, 2, 1000)
         check_range("budget_penalty", self.budget_penalty, 0.0, 1e6)
+        check_range("genotype_samples", self.genotype_samples, 1, MAX_GENOTYPE_SAMPLES)
         check_range("top_genotypes", self.top_genotypes, 0, 100)
 
 
@@ -124,6 +130,45 @@ def evaluate(network: nn.Module, data: TaskData) -> tuple[float, float]:
     return accuracy, loss
 
 
+def genotype_loss(
+    checkpoint: Checkpoint, genotype: Genotype, posterior: Posterior, data: TaskData, device: torch.device | str
+) -> float:
+    """Return the cross-entropy on `data` of the network of `genotype` with the posterior's weights.
+
+    Batch normalization uses the statistics of `data`, as in the supernet, because the inherited
+    weights come without running statistics.
+    """
+    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
+    inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
+    network.train()
+    with torch.no_grad():
+        logits = network(data.images.to(device))
+        return float(nn.functional.cross_entropy(logits, data.labels.to(device)))
+
+
+def choose_genotype(
+    checkpoint: Checkpoint,
+    posterior: Posterior,
+    probs: dict[str, torch.Tensor],
+    cost_model: CostModel,
+    budget: Budget,
+    samples: int,
+    scoring_data: TaskData,
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> Genotype:
+    """Return the DARTS genotype within the budget, or with samples > 1 the best of it and samples - 1 draws."""
+    genotype = derive_within_budget(checkpoint.space, probs, cost_model, budget)
+    if samples <= 1:
+        return genotype
+    drawn = sample_genotypes(checkpoint.space, probs, cost_model, budget, samples, generator)
+    candidates = [genotype] + [g for g in drawn if g != genotype][: samples - 1]
+    losses = [genotype_loss(checkpoint, g, posterior, scoring_data, device) for g in candidates]
+    best = min(range(len(candidates)), key=lambda i: losses[i])
+    logger.info("scored %d genotypes, losses %s; kept number %d", len(candidates), [round(x, 4) for x in losses], best)
+    return candidates[best]
+
+
 def adapt_task(
     checkpoint: Checkpoint,
     data: TaskData,
@@ -175,7 +220,12 @@ def adapt_task(
     started = time.perf_counter()
     progress("derive", 0, 1, 0.0)
     probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
-    genotype = derive_within_budget(checkpoint.space, probs, cost_model, budget)
+    # NOTE: without a validation split the candidates are scored on the support set, which the
+    # posterior was fitted to, so the score favours the genotypes it overfits.
+    genotype = choose_genotype(
+        checkpoint, posterior, probs, cost_model, budget, config.genotype_samples,
+        validation if validation is not None else support, generator, device,
+    )
     ranked = top_genotypes(checkpoint.space, probs, cost_model, config.top_genotypes) if config.top_genotypes else []
     network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, data.num_classes).to(device)
     inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)

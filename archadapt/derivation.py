@@ -235,3 +235,37 @@ def top_genotypes(space: SearchSpace, op_probs: dict[str, torch.Tensor], model: 
         genotype = _genotype(space, dict(zip(_groups(space), chosen)))
         ranked.append(RankedGenotype(genotype, score, model.genotype_cost(genotype)))
     return ranked
+
+
+def sample_genotypes(
+    space: SearchSpace,
+    op_probs: dict[str, torch.Tensor],
+    model: CostModel,
+    budget: Budget,
+    count: int,
+    generator: torch.Generator,
+    max_draws: int = 1000,
+) -> list[Genotype]:
+    """Draw up to `count` distinct genotypes that fit the budget, each with probability proportional to exp(score).
+
+    The distribution over the genotypes the DARTS rule can return factorises over nodes, so every
+    node draws its option independently. Draws over budget are rejected; after `max_draws` draws
+    fewer than `count` genotypes may come back.
+    """
+    options = _all_options(space, op_probs, None, ())
+    weights = {
+        group: torch.softmax(torch.tensor([o.log_prob for o in group_options], dtype=torch.float64), dim=0)
+        for group, group_options in options.items()
+    }
+    drawn: list[Genotype] = []
+    for _ in range(max_draws):
+        if len(drawn) == count:
+            break
+        chosen = {
+            group: options[group][int(torch.multinomial(weights[group], 1, generator=generator))]
+            for group in _groups(space)
+        }
+        genotype = _genotype(space, chosen)
+        if genotype not in drawn and budget.admits(model.genotype_cost(genotype)):
+            drawn.append(genotype)
+    return drawn

@@ -8,7 +8,7 @@ import re
 
 from google.protobuf.message import DecodeError
 
-from archadapt.adaptation import AdaptationResult, ServingConfig
+from archadapt.adaptation import MAX_GENOTYPE_SAMPLES, AdaptationResult, ServingConfig
 from archadapt.checkpoint import Checkpoint
 from archadapt.cost_model import Budget, CostModel
 from archadapt.derivation import check_feasible
@@ -50,6 +50,11 @@ def check_options(options: pb.AdaptOptions) -> list[tuple[str, str]]:
         violations.append(("options.inner_steps", f"inner_steps is {options.inner_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
     if options.finetune_steps > MAX_STEPS:
         violations.append(("options.finetune_steps", f"finetune_steps is {options.finetune_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
+    if options.genotype_samples > MAX_GENOTYPE_SAMPLES:
+        violations.append((
+            "options.genotype_samples",
+            f"genotype_samples is {options.genotype_samples}; allowed: 0 (server default) to {MAX_GENOTYPE_SAMPLES}",
+        ))
     return violations
 
 
@@ -69,13 +74,14 @@ def check_budget(options: pb.AdaptOptions, checkpoint: Checkpoint, num_classes: 
 
 
 def serving_config(config: ServingConfig, options: pb.AdaptOptions) -> ServingConfig:
-    """Return `config` with the step counts that the options set."""
+    """Return `config` with the step counts and genotype samples that the options set."""
     inner, finetune = config.inner, config.finetune
     if options.inner_steps:
         inner = dataclasses.replace(inner, inner_steps=options.inner_steps)
     if options.finetune_steps:
         finetune = dataclasses.replace(finetune, steps=options.finetune_steps)
-    return dataclasses.replace(config, inner=inner, finetune=finetune)
+    samples = options.genotype_samples or config.genotype_samples
+    return dataclasses.replace(config, inner=inner, finetune=finetune, genotype_samples=samples)
 
 
 def result_proto(result: AdaptationResult, request_id: str, checkpoint: Checkpoint) -> pb.AdaptResult:

@@ -297,9 +297,9 @@ class JobManager:
             return self._match_idempotent(job, dataset_id, options)
         logger.info(
             "job %s: queued (dataset %s, seed %d, inner_steps %d, finetune_steps %d, max_parameters %d, "
-            "max_multiply_accumulates %d%s)",
+            "max_multiply_accumulates %d, genotype_samples %d%s)",
             job.job_id, dataset_id, options.seed, options.inner_steps, options.finetune_steps, options.max_parameters,
-            options.max_multiply_accumulates,
+            options.max_multiply_accumulates, options.genotype_samples,
             f", deadline in {deadline_time - time.time():.1f} s" if deadline_time else "",
         )
         self._notify()

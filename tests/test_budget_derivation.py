@@ -1,4 +1,4 @@
-"""Derivation under a budget and the ranking of genotypes."""
+"""Derivation under a budget, the ranking of genotypes and sampling from the posterior."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from archadapt.cost_model import Budget, CostModel
 from archadapt.derivation import (
     derive_genotype,
     derive_within_budget,
+    sample_genotypes,
     smallest_cost,
     top_genotypes,
 )
@@ -124,3 +125,16 @@ def test_top_genotypes_exact_and_ordered() -> None:
     for r in ranked:
         assert r.probability == pytest.approx(np.exp(log_prob(r.genotype, probs, SMALL_SPACE)))
         assert r.cost == model.genotype_cost(r.genotype)
+
+
+def test_sampled_genotypes_distinct_within_budget() -> None:
+    model = CostModel.build(SMALL_SPACE, SPEC, 4)
+    probs = random_probs(SMALL_SPACE, 2)
+    budget = Budget(max_parameters=int(0.8 * model.genotype_cost(derive_genotype(SMALL_SPACE, probs)).parameters))
+
+    drawn = sample_genotypes(SMALL_SPACE, probs, model, budget, 4, torch.Generator().manual_seed(0))
+    again = sample_genotypes(SMALL_SPACE, probs, model, budget, 4, torch.Generator().manual_seed(0))
+
+    assert len(drawn) == 4 and len(set(drawn)) == 4
+    assert drawn == again
+    assert all(budget.admits(model.genotype_cost(g)) for g in drawn)

@@ -541,7 +541,7 @@ def test_cli_adapt_single_class_fails(address: str, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Budgets and ranked genotypes
+# Budgets, ranked genotypes and genotype sampling
 # ---------------------------------------------------------------------------------------------
 
 
@@ -561,7 +561,7 @@ def test_adapt_respects_budgets(client: Client) -> None:
 
     result = client.adapt(
         images, labels, class_names, seed=3, inner_steps=2, finetune_steps=5,
-        max_parameters=max_parameters, max_multiply_accumulates=max_macs,
+        max_parameters=max_parameters, max_multiply_accumulates=max_macs, genotype_samples=3,
     )
 
     assert result.parameter_count <= max_parameters

@@ -347,6 +347,7 @@ def run_adapt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
                 finetune_steps=args.finetune_steps,
                 max_parameters=args.max_parameters,
                 max_multiply_accumulates=args.max_macs,
+                genotype_samples=args.genotype_samples,
             )
     finally:
         bars.close()
@@ -533,6 +534,7 @@ def format_server_info(info: archadapt_pb2.ServerInfo) -> str:
         "defaults:",
         f"  inner steps: {info.default_inner_steps}",
         f"  fine-tuning steps: {info.default_finetune_steps}",
+        f"  genotype samples: {info.default_genotype_samples}",
     ]
     return "\n".join(lines)
 

@@ -440,6 +440,7 @@ class Client:
         finetune_steps: int = 0,
         max_parameters: int = 0,
         max_multiply_accumulates: int = 0,
+        genotype_samples: int = 0,
     ) -> AdaptResult:
         """Adapt the server's prior to a labeled dataset and return the ONNX classifier.
 
@@ -453,6 +454,8 @@ class Client:
         parameters and multiply-accumulates per image; a limit below the
         smallest possible network raises ArchadaptError with code
         INVALID_ARGUMENT, whose message gives that smallest value.
+        ``genotype_samples`` (0 for the server's default) sets how many
+        genotypes the server scores before it keeps one.
 
         Raises ArchadaptError with the server's status, or with code
         DATA_LOSS when the model chunks are out of order, the model's size or
@@ -474,6 +477,7 @@ class Client:
             finetune_steps=finetune_steps,
             max_parameters=max_parameters,
             max_multiply_accumulates=max_multiply_accumulates,
+            genotype_samples=genotype_samples,
         )
         request_bytes = request.ByteSize()
         if request_bytes > self.max_message_bytes:
@@ -545,6 +549,7 @@ class Client:
         finetune_steps: int = 0,
         max_parameters: int = 0,
         max_multiply_accumulates: int = 0,
+        genotype_samples: int = 0,
         idempotency_key: str = "",
         deadline_seconds: float = 0.0,
         retries: int = 3,
@@ -554,7 +559,8 @@ class Client:
         With an ``idempotency_key`` a submit that fails with UNAVAILABLE or DEADLINE_EXCEEDED
         is retried up to ``retries`` times, because the server returns the same job for the
         same key. ``deadline_seconds`` (0: none) bounds the job's run from submission.
-        ``max_parameters`` and ``max_multiply_accumulates`` are described in adapt.
+        ``max_parameters``, ``max_multiply_accumulates`` and ``genotype_samples`` are
+        described in adapt.
         A full queue raises ArchadaptError with code RESOURCE_EXHAUSTED and ``retry_delay``.
         """
         request = archadapt_pb2.SubmitJobRequest(
@@ -565,6 +571,7 @@ class Client:
                 finetune_steps=finetune_steps,
                 max_parameters=max_parameters,
                 max_multiply_accumulates=max_multiply_accumulates,
+                genotype_samples=genotype_samples,
             ),
             idempotency_key=idempotency_key,
             deadline_seconds=deadline_seconds,
@@ -851,6 +858,7 @@ def build_request(
     finetune_steps: int = 0,
     max_parameters: int = 0,
     max_multiply_accumulates: int = 0,
+    genotype_samples: int = 0,
 ) -> archadapt_pb2.AdaptRequest:
     """Build the AdaptRequest for a dataset.
 
@@ -898,6 +906,7 @@ def build_request(
             finetune_steps=finetune_steps,
             max_parameters=max_parameters,
             max_multiply_accumulates=max_multiply_accumulates,
+            genotype_samples=genotype_samples,
         ),
     )
 
@@ -909,6 +918,7 @@ def adapt_options(
     finetune_steps: int = 0,
     max_parameters: int = 0,
     max_multiply_accumulates: int = 0,
+    genotype_samples: int = 0,
 ) -> archadapt_pb2.AdaptOptions:
     """Check the ranges of the options and return their AdaptOptions message; 0 means the default."""
     _check_range("seed", seed, _UINT64_MAX)
@@ -916,12 +926,14 @@ def adapt_options(
     _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
     _check_range("max_parameters", max_parameters, _UINT64_MAX)
     _check_range("max_multiply_accumulates", max_multiply_accumulates, _UINT64_MAX)
+    _check_range("genotype_samples", genotype_samples, _UINT32_MAX)
     return archadapt_pb2.AdaptOptions(
         seed=seed,
         inner_steps=inner_steps,
         finetune_steps=finetune_steps,
         max_parameters=max_parameters,
         max_multiply_accumulates=max_multiply_accumulates,
+        genotype_samples=genotype_samples,
     )
 
 

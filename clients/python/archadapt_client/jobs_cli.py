@@ -29,7 +29,7 @@ _STATE_NAMES = [name for name in archadapt_pb2.JobState.keys() if name != "JOB_S
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --max-parameters and --max-macs, the budget of the derived network."""
+    """Add --max-parameters, --max-macs and --genotype-samples, the options that shape the derived network."""
     parser.add_argument(
         "--max-parameters",
         type=_count,
@@ -44,6 +44,14 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         default=0,
         help="maximum multiply-accumulates of the returned network per image (default: 0, no limit)",
+    )
+    parser.add_argument(
+        "--genotype-samples",
+        type=_count,
+        metavar="K",
+        default=0,
+        help="genotypes the server scores on the validation images before it keeps one: the most probable "
+        "and K - 1 draws from the posterior (default: 0, the server's default)",
     )
 
 
@@ -209,7 +217,7 @@ def run_submit(client: Client, args: argparse.Namespace, stdout: TextIO, stderr:
         print(f"dataset: {info.dataset_id} ({info.size_bytes} bytes, {info.images} images, {info.classes} classes)", file=stdout)
     job = client.submit_job(
         info.dataset_id, seed=args.seed, inner_steps=args.inner_steps, finetune_steps=args.finetune_steps,
-        max_parameters=args.max_parameters, max_multiply_accumulates=args.max_macs,
+        max_parameters=args.max_parameters, max_multiply_accumulates=args.max_macs, genotype_samples=args.genotype_samples,
         idempotency_key=args.idempotency_key or uuid.uuid4().hex, deadline_seconds=args.deadline,
     )
     if args.json:
@@ -271,7 +279,8 @@ def print_job(job: archadapt_pb2.Job, stdout: TextIO) -> None:
         f"options: seed {job.options.seed}, inner steps {job.options.inner_steps or 'default'}, "
         f"fine-tuning steps {job.options.finetune_steps or 'default'}"
         + (f", at most {job.options.max_parameters} parameters" if job.options.max_parameters else "")
-        + (f", at most {job.options.max_multiply_accumulates} multiply-accumulates" if job.options.max_multiply_accumulates else ""),
+        + (f", at most {job.options.max_multiply_accumulates} multiply-accumulates" if job.options.max_multiply_accumulates else "")
+        + (f", {job.options.genotype_samples} genotype samples" if job.options.genotype_samples else ""),
         f"created: {_time(job.created_time)}",
         f"started: {_time(job.started_time)}",
         f"finished: {_time(job.finished_time)}",

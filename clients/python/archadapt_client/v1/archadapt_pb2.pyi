@@ -68,18 +68,20 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawArray, _Mapping]] = ...) -> None: ...
 
 class AdaptOptions(_message.Message):
-    __slots__ = ("seed", "inner_steps", "finetune_steps", "max_parameters", "max_multiply_accumulates")
+    __slots__ = ("seed", "inner_steps", "finetune_steps", "max_parameters", "max_multiply_accumulates", "genotype_samples")
     SEED_FIELD_NUMBER: _ClassVar[int]
     INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MULTIPLY_ACCUMULATES_FIELD_NUMBER: _ClassVar[int]
+    GENOTYPE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     seed: int
     inner_steps: int
     finetune_steps: int
     max_parameters: int
     max_multiply_accumulates: int
-    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ..., max_parameters: _Optional[int] = ..., max_multiply_accumulates: _Optional[int] = ...) -> None: ...
+    genotype_samples: int
+    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ..., max_parameters: _Optional[int] = ..., max_multiply_accumulates: _Optional[int] = ..., genotype_samples: _Optional[int] = ...) -> None: ...
 
 class AdaptRequest(_message.Message):
     __slots__ = ("images", "labels", "class_names", "options")
@@ -266,7 +268,7 @@ class JobLimits(_message.Message):
     def __init__(self, max_queued_jobs: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., result_ttl_seconds: _Optional[float] = ..., max_disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps", "job_limits")
+    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps", "job_limits", "default_genotype_samples")
     INPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SPACE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +280,7 @@ class ServerInfo(_message.Message):
     DEFAULT_INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
     JOB_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GENOTYPE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     input_spec: InputSpec
     search_space: SearchSpace
     limits: RequestLimits
@@ -289,7 +292,8 @@ class ServerInfo(_message.Message):
     default_inner_steps: int
     default_finetune_steps: int
     job_limits: JobLimits
-    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ..., job_limits: _Optional[_Union[JobLimits, _Mapping]] = ...) -> None: ...
+    default_genotype_samples: int
+    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ..., job_limits: _Optional[_Union[JobLimits, _Mapping]] = ..., default_genotype_samples: _Optional[int] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("images", "labels", "class_names")
