@@ -69,6 +69,8 @@ class NodeOption:
 
 @dataclass(frozen=True)
 class RankedGenotype:
+    """A genotype with its probability under q(alpha) and the cost of its network."""
+
     genotype: Genotype
     log_prob: float  # log of the product of the chosen primitives' probabilities
     cost: Cost
@@ -102,6 +104,7 @@ def _node_options(
 
 
 def _genotype(space: SearchSpace, chosen: dict[tuple[str, int], NodeOption]) -> Genotype:
+    """Build the genotype of one option per node, with each node's pairs ordered by input as the DARTS rule orders them."""
     cells: dict[str, list[tuple[str, int]]] = {cell_type: [] for cell_type in CELL_TYPES}
     for (cell_type, target), option in chosen.items():
         pairs = sorted((space.edges[edge].source, space.primitives[k]) for edge, k in option.pairs)

@@ -57,7 +57,7 @@ def plot(rows: list[dict], budgets: list[int], least: int, path: Path) -> None:
     axis.axvline(least, color="grey", linestyle=":", label=f"smallest network ({least:,})")
     axis.set_xlabel("parameters of the returned network (mean over tasks)")
     axis.set_ylabel("held-out accuracy, % (mean, 95% CI)")
-    axis.set_title("Fashion-MNIST 10-way 20-shot: accuracy against parameter budget")
+    axis.set_title(f"Fashion-MNIST 10-way, {len(rows) // len(budgets)} tasks")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
