@@ -87,7 +87,7 @@ def _groups(space: SearchSpace) -> list[tuple[str, int]]:
 def _node_options(
     space: SearchSpace, log_probs: torch.Tensor, costs: list[torch.Tensor], target: int
 ) -> list[NodeOption]:
-    """Every (edge pair, primitive pair) of node `target`; log_probs (E, K), costs one (E, K) per metric."""
+    """Return every (edge pair, primitive pair) of node `target`; log_probs is (E, K), costs one (E, K) per metric."""
     none_index = space.primitives.index("none")
     choices = [k for k in range(space.num_primitives) if k != none_index]
     options = []
@@ -178,9 +178,9 @@ def derive_within_budget(
         scores = state_scores[:, None] + group_scores[None, :]  # (S, M)
         parents, choices = np.nonzero((costs <= limits).all(axis=-1))
         costs, scores = costs[parents, choices], scores[parents, choices]
-        kept = _pareto_front(costs, scores)
-        state_costs, state_scores = costs[kept], scores[kept]
-        history.append((parents[kept], choices[kept]))
+        front = _pareto_front(costs, scores)
+        state_costs, state_scores = costs[front], scores[front]
+        history.append((parents[front], choices[front]))
 
     state = int(np.argmax(state_scores))
     chosen = {}
@@ -208,7 +208,7 @@ def smallest_cost(model: CostModel, metric: str) -> int:
 def check_feasible(model: CostModel, budget: Budget) -> None:
     """Raise BudgetError naming the smallest possible cost when a limit is below it.
 
-    Each metric's least value is reached by the same genotype when the space holds a pooling
+    Each metric's least value is reached by the same genotype when the space contains a pooling
     primitive (pooling costs nothing on either metric), as the default space does.
     """
     problems = []

@@ -371,7 +371,14 @@ def invalid_requests() -> list[tuple[str, pb.AdaptRequest, str]]:
             "images[0].raw.dtype",
         ),
         ("image-without-content", small_request(images=with_image(5, pb.Image())), "images[5]"),
+        ("too-many-genotype-samples", with_options(small_request(), genotype_samples=65), "options.genotype_samples"),
+        ("parameter-budget-of-one", with_options(small_request(), max_parameters=1), "options.max_parameters"),
     ]
+
+
+def with_options(request: pb.AdaptRequest, **options: int) -> pb.AdaptRequest:
+    request.options.CopyFrom(pb.AdaptOptions(**options))
+    return request
 
 
 INVALID_REQUESTS = invalid_requests()
