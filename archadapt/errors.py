@@ -36,3 +36,14 @@ class AdaptationCancelled(ArchadaptError):
 
 class ExportError(ArchadaptError):
     """The exported ONNX model does not match the PyTorch network."""
+
+
+class BudgetError(ArchadaptError, ValueError):
+    """No genotype of the search space fits a request's parameter or multiply-accumulate budget.
+
+    `violations` lists (option name, description) pairs, one per limit that no network meets.
+    """
+
+    def __init__(self, violations: list[tuple[str, str]]):
+        self.violations = violations
+        super().__init__("; ".join(description for _, description in violations))

@@ -145,6 +145,7 @@ def run_inner_loop(
     on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     throttle: ProgressThrottle | None = None,
+    alpha_penalty: Callable[[Tensors], torch.Tensor] | None = None,
 ) -> Posterior:
     """Adapt the posterior to the support set and return q(. | phi^T) with its task head.
 
@@ -153,6 +154,8 @@ def run_inner_loop(
     keeps memory flat. `should_stop` is checked before every step and raises
     AdaptationCancelled when it returns True. `on_step` gets the steps that `throttle` lets
     through (every step without one); the losses of the others stay on the device until the end.
+    `alpha_penalty`, called with the alpha logits by cell type, adds a term to the loss, such as
+    the cost of a budget (see cost_model.py).
     """
     throttle = throttle or every_step()
     num_support = support_images.shape[0]
@@ -184,13 +187,14 @@ def run_inner_loop(
                 supernet, phi, head, prior, support_images[batch], support_labels[batch],
                 num_support, config, temperature, generator,
             )
-        loss = nll + kl_alpha_term + kl_w_term
+            penalty = 0.0 if alpha_penalty is None else alpha_penalty({t: phi[n] for t, n in ALPHA_NAMES.items()})
+        loss = nll + kl_alpha_term + penalty + kl_w_term
 
         # The weight KL is quadratic, so it gets an exact proximal step below instead of a
         # gradient step: with a small support set its curvature beta_w / (sigma^2 |S|) times
         # inner_lr can exceed 2, where a plain gradient step would diverge.
         tensors = [phi[n] for n in names] + [head_weight, head_bias]
-        grads = torch.autograd.grad(nll + kl_alpha_term, tensors, create_graph=create_graph, allow_unused=True)
+        grads = torch.autograd.grad(nll + kl_alpha_term + penalty, tensors, create_graph=create_graph, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
         scale = _clip_scale(grads, config.grad_clip)
 

@@ -8,8 +8,11 @@ import re
 
 from google.protobuf.message import DecodeError
 
-from archadapt.adaptation import AdaptationResult, ServingConfig
+from archadapt.adaptation import MAX_GENOTYPE_SAMPLES, AdaptationResult, ServingConfig
 from archadapt.checkpoint import Checkpoint
+from archadapt.cost_model import Budget, CostModel
+from archadapt.derivation import check_feasible
+from archadapt.errors import BudgetError
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.request_decoding import InvalidRequest
 
@@ -47,17 +50,38 @@ def check_options(options: pb.AdaptOptions) -> list[tuple[str, str]]:
         violations.append(("options.inner_steps", f"inner_steps is {options.inner_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
     if options.finetune_steps > MAX_STEPS:
         violations.append(("options.finetune_steps", f"finetune_steps is {options.finetune_steps}; allowed: 0 (server default) to {MAX_STEPS}"))
+    if options.genotype_samples > MAX_GENOTYPE_SAMPLES:
+        violations.append((
+            "options.genotype_samples",
+            f"genotype_samples is {options.genotype_samples}; allowed: 0 (server default) to {MAX_GENOTYPE_SAMPLES}",
+        ))
     return violations
 
 
+def budget(options: pb.AdaptOptions) -> Budget:
+    return Budget(max_parameters=options.max_parameters, max_multiply_accumulates=options.max_multiply_accumulates)
+
+
+def check_budget(options: pb.AdaptOptions, checkpoint: Checkpoint, num_classes: int) -> None:
+    """Raise InvalidRequest when no network of the search space for `num_classes` classes fits the budget."""
+    limits = budget(options)
+    if not limits.is_set:
+        return
+    try:
+        check_feasible(CostModel.build(checkpoint.space, checkpoint.spec, num_classes), limits)
+    except BudgetError as error:
+        raise InvalidRequest([(f"options.{option}", description) for option, description in error.violations]) from None
+
+
 def serving_config(config: ServingConfig, options: pb.AdaptOptions) -> ServingConfig:
-    """Return `config` with the step counts that the options set."""
+    """Return `config` with the step counts and genotype samples that the options set."""
     inner, finetune = config.inner, config.finetune
     if options.inner_steps:
         inner = dataclasses.replace(inner, inner_steps=options.inner_steps)
     if options.finetune_steps:
         finetune = dataclasses.replace(finetune, steps=options.finetune_steps)
-    return dataclasses.replace(config, inner=inner, finetune=finetune)
+    samples = options.genotype_samples or config.genotype_samples
+    return dataclasses.replace(config, inner=inner, finetune=finetune, genotype_samples=samples)
 
 
 def result_proto(result: AdaptationResult, request_id: str, checkpoint: Checkpoint) -> pb.AdaptResult:
@@ -88,4 +112,13 @@ def result_proto(result: AdaptationResult, request_id: str, checkpoint: Checkpoi
         model_sha256=hashlib.sha256(result.onnx_bytes).hexdigest(),
         class_names=result.class_names,
         checkpoint_id=checkpoint.checkpoint_id,
+        top_genotypes=[
+            pb.RankedGenotype(
+                genotype_json=ranked.genotype.to_json(),
+                probability=ranked.probability,
+                parameter_count=ranked.cost.parameters,
+                multiply_accumulates=ranked.cost.multiply_accumulates,
+            )
+            for ranked in result.top_genotypes
+        ],
     )

@@ -26,7 +26,16 @@ from archadapt.checkpoint import Checkpoint
 from archadapt.errors import AdaptationCancelled
 from archadapt_client.v1 import archadapt_pb2 as pb
 from server.errors import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, ResourceExhausted, ShuttingDown
-from server.job_messages import PHASES, check_job_id, check_options, parse_dataset, result_proto, serving_config
+from server.job_messages import (
+    PHASES,
+    budget,
+    check_budget,
+    check_job_id,
+    check_options,
+    parse_dataset,
+    result_proto,
+    serving_config,
+)
 from server.job_store import JobRecord, JobStore
 from server.interrupt import ComputeSection, WorkerInterrupted
 from server.metrics import ServerMetrics
@@ -220,12 +229,14 @@ class JobManager:
             dataset_id = request.dataset_id
             if not self.store.has_dataset(dataset_id):
                 raise NotFound(f"dataset {dataset_id} not found; upload it with UploadDataset first")
+            check_budget(request.options, self.checkpoint, self.store.dataset_info(dataset_id).classes)
         else:
             adapt_request = pb.AdaptRequest(
                 images=request.inline_dataset.images, labels=request.inline_dataset.labels,
                 class_names=request.inline_dataset.class_names,
             )
             data = decode_request(adapt_request, self.checkpoint.spec, self.limits)
+            check_budget(request.options, self.checkpoint, data.num_classes)
             dataset_bytes = request.inline_dataset.SerializeToString(deterministic=True)
             dataset_id = hashlib.sha256(dataset_bytes).hexdigest()
 
@@ -238,6 +249,7 @@ class JobManager:
         if violations:
             raise InvalidRequest(violations)
         data = decode_request(request, self.checkpoint.spec, self.limits)
+        check_budget(request.options, self.checkpoint, data.num_classes)
         dataset = pb.AdaptRequest()
         dataset.CopyFrom(request)
         dataset.ClearField("options")
@@ -285,8 +297,10 @@ class JobManager:
         if not created:  # the key was checked above under the admission lock, so this is a safeguard
             return self._match_idempotent(job, dataset_id, options)
         logger.info(
-            "job %s: queued (dataset %s, seed %d, inner_steps %d, finetune_steps %d%s)",
-            job.job_id, dataset_id, options.seed, options.inner_steps, options.finetune_steps,
+            "job %s: queued (dataset %s, seed %d, inner_steps %d, finetune_steps %d, max_parameters %d, "
+            "max_multiply_accumulates %d, genotype_samples %d%s)",
+            job.job_id, dataset_id, options.seed, options.inner_steps, options.finetune_steps, options.max_parameters,
+            options.max_multiply_accumulates, options.genotype_samples,
             f", deadline in {deadline_time - time.time():.1f} s" if deadline_time else "",
         )
         self._notify()
@@ -524,7 +538,7 @@ class JobManager:
                 on_progress("validate", 1, 1, 0.0)
                 decode_seconds = time.perf_counter() - decode_started
                 result = adapt_task(
-                    self.checkpoint, data, config, seed=job.options.seed, device=self.device,
+                    self.checkpoint, data, config, budget=budget(job.options), seed=job.options.seed, device=self.device,
                     on_progress=on_progress, should_stop=should_stop,
                 )
                 result.timings["validate"] = result.timings.get("validate", 0.0) + decode_seconds

@@ -112,6 +112,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             onnxruntime_version=onnxruntime.__version__,
             default_inner_steps=config.inner.inner_steps,
             default_finetune_steps=config.finetune.steps,
+            default_genotype_samples=config.genotype_samples,
             job_limits=self.jobs.job_limits.to_proto(),
         )
 

@@ -9,7 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from archadapt.errors import AdaptationCancelled, ArchadaptError, DatasetError
+from archadapt.errors import AdaptationCancelled, ArchadaptError, BudgetError, DatasetError
 from server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -40,6 +40,8 @@ def status_proto_for(error: BaseException) -> status_pb2.Status:
     """Map an exception to a google.rpc.Status message, the form that is stored with failed jobs."""
     if isinstance(error, InvalidRequest):
         return _bad_request(str(error), error.violations)
+    if isinstance(error, BudgetError):
+        return _bad_request(str(error), [(f"options.{option}", description) for option, description in error.violations])
     if isinstance(error, DatasetError):
         return _bad_request(str(error), [(error.field, f"{error.value}; {error.allowed}")])
     if isinstance(error, ResourceExhausted):

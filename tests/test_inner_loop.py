@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from archadapt.config import InnerLoopConfig
+from archadapt.cost_model import Budget, CostModel, budget_penalty
+from archadapt.derivation import smallest_cost
 from archadapt.errors import AdaptationCancelled
 from archadapt.inner_loop import Posterior, Prior, StepReport, initial_head, run_inner_loop
 from archadapt.posterior import TaskHead, Tensors, embed
@@ -188,3 +191,20 @@ def test_same_seed_same_posterior(tiny_space: SearchSpace, tiny_spec: InputSpec,
     for name in ALPHA_NAMES.values():
         assert torch.equal(first.parameters[name], second.parameters[name])
     assert torch.equal(first.head.weight, second.head.weight)
+
+
+def test_budget_penalty_lowers_expected_cost(
+    tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares: Callable
+) -> None:
+    images, labels = corner_squares(PER_CLASS)
+    supernet, prior = make_prior(tiny_space, tiny_spec)
+    model = CostModel.build(tiny_space, tiny_spec, NUM_CLASSES)
+    budget = Budget(max_parameters=smallest_cost(model, "parameters"))
+
+    def expected_parameters(posterior: Posterior) -> float:
+        return float(model.expected_cost({t: a.detach() for t, a in posterior.alphas.items()}, "parameters"))
+
+    free = adapt(supernet, prior, images, labels)
+    budgeted = adapt(supernet, prior, images, labels, alpha_penalty=functools.partial(budget_penalty, model, budget, weight=10.0))
+
+    assert expected_parameters(budgeted) < 0.9 * expected_parameters(free)

@@ -42,6 +42,9 @@ import archadapt
 from archadapt.adaptation import PHASES, ServingConfig
 from archadapt.checkpoint import TENSORS_FILE, Checkpoint
 from archadapt.config import FinetuneConfig
+from archadapt.cost_model import CostModel
+from archadapt.derivation import smallest_cost
+from archadapt.genotype import Genotype
 from archadapt_client import ArchadaptError, Client, ProgressUpdate, load_dataset
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
@@ -369,7 +372,14 @@ def invalid_requests() -> list[tuple[str, pb.AdaptRequest, str]]:
             "images[0].raw.dtype",
         ),
         ("image-without-content", small_request(images=with_image(5, pb.Image())), "images[5]"),
+        ("too-many-genotype-samples", with_options(small_request(), genotype_samples=65), "options.genotype_samples"),
+        ("parameter-budget-of-one", with_options(small_request(), max_parameters=1), "options.max_parameters"),
     ]
+
+
+def with_options(request: pb.AdaptRequest, **options: int) -> pb.AdaptRequest:
+    request.options.CopyFrom(pb.AdaptOptions(**options))
+    return request
 
 
 INVALID_REQUESTS = invalid_requests()
@@ -536,6 +546,94 @@ def test_cli_adapt_single_class_fails(address: str, tmp_path: Path) -> None:
     assert "1 class(es) have images; at least 2 are needed" in completed.stderr
     assert "  labels: " in completed.stderr  # the field violation, on its own line
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets, ranked genotypes and genotype sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def three_class_fashion(per_class: int = 10) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    support = load_dataset(FASHION_DIR / "support.npz")
+    keep = np.concatenate([np.flatnonzero(support.labels == c)[:per_class] for c in range(3)])
+    return support.images[keep], support.labels[keep], support.class_names[:3]
+
+
+def test_adapt_respects_budgets(client: Client) -> None:
+    images, labels, class_names = three_class_fashion()
+    model = CostModel.build(SPACE, SPEC, 3)
+    # The smallest network's parameter count leaves only the primitives without weights, and the
+    # multiply-accumulates allow one small convolution more.
+    max_parameters = smallest_cost(model, "parameters")
+    max_macs = smallest_cost(model, "multiply_accumulates") + int(model.edge_costs["multiply_accumulates"]["normal"][2, SPACE.primitives.index("dil_conv_3x3")])
+
+    result = client.adapt(
+        images, labels, class_names, seed=3, inner_steps=2, finetune_steps=5,
+        max_parameters=max_parameters, max_multiply_accumulates=max_macs, genotype_samples=3,
+    )
+
+    assert result.parameter_count <= max_parameters
+    assert result.multiply_accumulates <= max_macs
+    cost = model.genotype_cost(Genotype.from_dict(result.genotype))
+    assert (cost.parameters, cost.multiply_accumulates) == (result.parameter_count, result.multiply_accumulates)
+
+    ranked = result.top_genotypes
+    assert len(ranked) == 5
+    assert [r.probability for r in ranked] == sorted((r.probability for r in ranked), reverse=True)
+    assert all(0.0 < r.probability <= 1.0 for r in ranked)
+    for r in ranked:
+        cost = model.genotype_cost(Genotype.from_dict(r.genotype))
+        assert (cost.parameters, cost.multiply_accumulates) == (r.parameter_count, r.multiply_accumulates)
+
+
+def test_impossible_budget_fails_at_admission(client: Client) -> None:
+    images, labels, class_names = three_class_fashion()
+    least = smallest_cost(CostModel.build(SPACE, SPEC, 3), "parameters")
+
+    started = time.monotonic()
+    with pytest.raises(ArchadaptError) as caught:
+        client.adapt(images, labels, class_names, max_parameters=least - 1)
+    assert time.monotonic() - started < 10.0  # rejected at admission, not after an adaptation
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in caught.value.field_violations] == ["options.max_parameters"]
+    assert f"the smallest network for this task has {least} parameters; raise max_parameters to {least}" in caught.value.message
+
+    info = client.upload_dataset(images, labels, class_names)
+    jobs_before = len(list(client.list_jobs()))
+    with pytest.raises(ArchadaptError) as caught:
+        client.submit_job(info.dataset_id, max_multiply_accumulates=1)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in caught.value.field_violations] == ["options.max_multiply_accumulates"]
+    assert "raise max_multiply_accumulates to" in caught.value.message
+    assert len(list(client.list_jobs())) == jobs_before
+
+
+def test_cli_adapt_budget_json(address: str, tmp_path: Path) -> None:
+    data = tmp_path / "three-classes.npz"
+    images, labels, class_names = three_class_fashion()
+    np.savez(data, images=images, labels=labels, class_names=np.array(class_names))
+    max_parameters = smallest_cost(CostModel.build(SPACE, SPEC, 3), "parameters") + 500
+    out = tmp_path / "budget.onnx"
+
+    completed = run_cli(
+        "--no-progress", "adapt", "--server", address, "--data", str(data), "--out", str(out), "--inner-steps", "2",
+        "--finetune-steps", "5", "--max-parameters", str(max_parameters), "--json",
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["parameter_count"] <= max_parameters
+    assert len(document["top_genotypes"]) == 5
+    assert set(document["top_genotypes"][0]) == {"genotype", "probability", "parameter_count", "multiply_accumulates"}
+    result_json = tmp_path / "result.json"
+    result_json.write_text(completed.stdout)
+    drawn = run_cli("show", str(result_json), "--out", str(tmp_path / "cells.png"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "cells.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    too_small = run_cli("adapt", "--server", address, "--data", str(data), "--out", str(out), "--max-parameters", "10")
+    assert too_small.returncode != 0
+    assert "raise max_parameters to" in too_small.stderr
 
 
 # ---------------------------------------------------------------------------------------------

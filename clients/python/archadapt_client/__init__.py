@@ -14,6 +14,7 @@ from archadapt_client.client import (
     EdgeProbabilities,
     Metrics,
     ProgressUpdate,
+    RankedGenotype,
     RetryPolicy,
     ServerInfo,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "EdgeProbabilities",
     "Metrics",
     "ProgressUpdate",
+    "RankedGenotype",
     "RetryPolicy",
     "ServerInfo",
     "__version__",

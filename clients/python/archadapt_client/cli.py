@@ -19,7 +19,7 @@ from tqdm import tqdm
 from archadapt_client import __version__
 from archadapt_client.client import AdaptResult, Client, ProgressUpdate, RetryPolicy
 from archadapt_client.errors import ArchadaptError
-from archadapt_client.jobs_cli import JOB_COMMANDS, add_job_commands, run_job_command
+from archadapt_client.jobs_cli import JOB_COMMANDS, add_budget_arguments, add_job_commands, run_job_command
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
 from archadapt_client.v1 import archadapt_pb2
 
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="fine-tuning steps of the derived network (default: 0, the server's default)",
     )
+    add_budget_arguments(adapt)
     adapt.add_argument(
         "--triton-repo",
         type=Path,
@@ -344,6 +345,9 @@ def run_adapt(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
                 seed=args.seed,
                 inner_steps=args.inner_steps,
                 finetune_steps=args.finetune_steps,
+                max_parameters=args.max_parameters,
+                max_multiply_accumulates=args.max_macs,
+                genotype_samples=args.genotype_samples,
             )
     finally:
         bars.close()
@@ -381,6 +385,7 @@ def result_document(result: AdaptResult, path: Path) -> dict[str, Any]:
         "genotype": result.genotype,
         "timings": result.timings,
         "edge_probabilities": [dataclasses.asdict(edge) for edge in result.edge_probabilities],
+        "top_genotypes": [dataclasses.asdict(ranked) for ranked in result.top_genotypes],
     }
 
 
@@ -469,6 +474,16 @@ def print_result(result: AdaptResult, path: Path, stdout: TextIO) -> None:
     for cell_type, operations in result.genotype.items():
         lines.append(f"  {cell_type}: {json.dumps(operations)}")
 
+    if result.top_genotypes:
+        lines.append("most probable genotypes under the posterior:")
+        for rank, ranked in enumerate(result.top_genotypes, start=1):
+            lines.append(
+                f"  {rank}. probability {ranked.probability:.3g}, {ranked.parameter_count} parameters, "
+                f"{ranked.multiply_accumulates} multiply-accumulates"
+            )
+            for cell_type, operations in ranked.genotype.items():
+                lines.append(f"     {cell_type}: {json.dumps(operations)}")
+
     lines.append("phase times:")
     width = max((len(name) for name in result.timings), default=0)
     for name, seconds in result.timings.items():
@@ -519,6 +534,7 @@ def format_server_info(info: archadapt_pb2.ServerInfo) -> str:
         "defaults:",
         f"  inner steps: {info.default_inner_steps}",
         f"  fine-tuning steps: {info.default_finetune_steps}",
+        f"  genotype samples: {info.default_genotype_samples}",
     ]
     return "\n".join(lines)
 

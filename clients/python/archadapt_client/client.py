@@ -108,6 +108,25 @@ class EdgeProbabilities:
 
 
 @dataclass(frozen=True)
+class RankedGenotype:
+    """One of the most probable genotypes under the adapted posterior.
+
+    Attributes:
+        genotype: The genotype, in the form of ``AdaptResult.genotype``.
+        probability: Probability under q(alpha) that every chosen edge
+            carries its chosen primitive, in [0, 1].
+        parameter_count: Trainable parameters of its network for this task.
+        multiply_accumulates: Multiply-accumulates of one forward pass of
+            that network on one image.
+    """
+
+    genotype: dict[str, Any]
+    probability: float
+    parameter_count: int
+    multiply_accumulates: int
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Measurements of the returned network.
 
@@ -149,6 +168,9 @@ class AdaptResult:
         request_id: Server-assigned id, also found in the server's logs.
         checkpoint_id: Id of the checkpoint the prior came from.
         model_sha256: Hex SHA-256 of onnx_model.
+        top_genotypes: The most probable genotypes under the adapted
+            posterior, best first, with their probabilities and costs;
+            the budget is not applied to them.
     """
 
     onnx_model: bytes = field(repr=False)
@@ -162,6 +184,7 @@ class AdaptResult:
     request_id: str
     checkpoint_id: str
     model_sha256: str
+    top_genotypes: list[RankedGenotype] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ONNX model to ``path``, replacing an existing file, and return the path."""
@@ -415,6 +438,9 @@ class Client:
         seed: int = 0,
         inner_steps: int = 0,
         finetune_steps: int = 0,
+        max_parameters: int = 0,
+        max_multiply_accumulates: int = 0,
+        genotype_samples: int = 0,
     ) -> AdaptResult:
         """Adapt the server's prior to a labeled dataset and return the ONNX classifier.
 
@@ -423,7 +449,13 @@ class Client:
         raises cancels the call and propagates. ``seed`` (0 to 2**64 - 1)
         fixes every random choice of the server. ``inner_steps`` and
         ``finetune_steps`` (0 to 2**32 - 1) set the step counts, and 0 selects
-        the server's default.
+        the server's default. ``max_parameters`` and ``max_multiply_accumulates``
+        (0 to 2**64 - 1, 0 for no limit) bound the returned network's
+        parameters and multiply-accumulates per image; a limit below the
+        smallest possible network raises ArchadaptError with code
+        INVALID_ARGUMENT, whose message gives that smallest value.
+        ``genotype_samples`` (0 for the server's default) sets how many
+        genotypes the server scores before it keeps one.
 
         Raises ArchadaptError with the server's status, or with code
         DATA_LOSS when the model chunks are out of order, the model's size or
@@ -443,6 +475,9 @@ class Client:
             seed=seed,
             inner_steps=inner_steps,
             finetune_steps=finetune_steps,
+            max_parameters=max_parameters,
+            max_multiply_accumulates=max_multiply_accumulates,
+            genotype_samples=genotype_samples,
         )
         request_bytes = request.ByteSize()
         if request_bytes > self.max_message_bytes:
@@ -512,6 +547,9 @@ class Client:
         seed: int = 0,
         inner_steps: int = 0,
         finetune_steps: int = 0,
+        max_parameters: int = 0,
+        max_multiply_accumulates: int = 0,
+        genotype_samples: int = 0,
         idempotency_key: str = "",
         deadline_seconds: float = 0.0,
         retries: int = 3,
@@ -521,14 +559,20 @@ class Client:
         With an ``idempotency_key`` a submit that fails with UNAVAILABLE or DEADLINE_EXCEEDED
         is retried up to ``retries`` times, because the server returns the same job for the
         same key. ``deadline_seconds`` (0: none) bounds the job's run from submission.
+        ``max_parameters``, ``max_multiply_accumulates`` and ``genotype_samples`` are
+        described in adapt.
         A full queue raises ArchadaptError with code RESOURCE_EXHAUSTED and ``retry_delay``.
         """
-        _check_range("seed", seed, _UINT64_MAX)
-        _check_range("inner_steps", inner_steps, _UINT32_MAX)
-        _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
         request = archadapt_pb2.SubmitJobRequest(
             dataset_id=dataset_id,
-            options=archadapt_pb2.AdaptOptions(seed=seed, inner_steps=inner_steps, finetune_steps=finetune_steps),
+            options=adapt_options(
+                seed=seed,
+                inner_steps=inner_steps,
+                finetune_steps=finetune_steps,
+                max_parameters=max_parameters,
+                max_multiply_accumulates=max_multiply_accumulates,
+                genotype_samples=genotype_samples,
+            ),
             idempotency_key=idempotency_key,
             deadline_seconds=deadline_seconds,
         )
@@ -742,22 +786,27 @@ def _verify_model(model: bytes, result: archadapt_pb2.AdaptResult) -> None:
         )
 
 
+def _parse_genotype(text: str, field_name: str, request_id: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        genotype = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ArchadaptError(
+            grpc.StatusCode.DATA_LOSS,
+            f"the {field_name} of request {request_id!r} is not valid JSON: {error}",
+        ) from error
+    if not isinstance(genotype, dict):
+        raise ArchadaptError(
+            grpc.StatusCode.DATA_LOSS,
+            f"the {field_name} of request {request_id!r} is a {type(genotype).__name__}; "
+            "expected a JSON object",
+        )
+    return genotype
+
+
 def _convert_result(model: bytes, result: archadapt_pb2.AdaptResult) -> AdaptResult:
-    genotype: dict[str, Any] = {}
-    if result.genotype_json:
-        try:
-            genotype = json.loads(result.genotype_json)
-        except json.JSONDecodeError as error:
-            raise ArchadaptError(
-                grpc.StatusCode.DATA_LOSS,
-                f"the genotype_json of request {result.request_id!r} is not valid JSON: {error}",
-            ) from error
-        if not isinstance(genotype, dict):
-            raise ArchadaptError(
-                grpc.StatusCode.DATA_LOSS,
-                f"the genotype_json of request {result.request_id!r} is a {type(genotype).__name__}; "
-                "expected a JSON object",
-            )
+    genotype = _parse_genotype(result.genotype_json, "genotype_json", result.request_id)
 
     metrics = result.metrics
     return AdaptResult(
@@ -787,6 +836,15 @@ def _convert_result(model: bytes, result: archadapt_pb2.AdaptResult) -> AdaptRes
         request_id=result.request_id,
         checkpoint_id=result.checkpoint_id,
         model_sha256=result.model_sha256,
+        top_genotypes=[
+            RankedGenotype(
+                genotype=_parse_genotype(ranked.genotype_json, f"top_genotypes[{i}].genotype_json", result.request_id),
+                probability=ranked.probability,
+                parameter_count=ranked.parameter_count,
+                multiply_accumulates=ranked.multiply_accumulates,
+            )
+            for i, ranked in enumerate(result.top_genotypes)
+        ],
     )
 
 
@@ -798,6 +856,9 @@ def build_request(
     seed: int = 0,
     inner_steps: int = 0,
     finetune_steps: int = 0,
+    max_parameters: int = 0,
+    max_multiply_accumulates: int = 0,
+    genotype_samples: int = 0,
 ) -> archadapt_pb2.AdaptRequest:
     """Build the AdaptRequest for a dataset.
 
@@ -835,15 +896,44 @@ def build_request(
                 f"{len(names)} class_names cover labels 0 to {len(names) - 1}"
             )
 
-    _check_range("seed", seed, _UINT64_MAX)
-    _check_range("inner_steps", inner_steps, _UINT32_MAX)
-    _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
-
     return archadapt_pb2.AdaptRequest(
         images=image_messages,
         labels=label_array.tolist(),
         class_names=names,
-        options=archadapt_pb2.AdaptOptions(seed=seed, inner_steps=inner_steps, finetune_steps=finetune_steps),
+        options=adapt_options(
+            seed=seed,
+            inner_steps=inner_steps,
+            finetune_steps=finetune_steps,
+            max_parameters=max_parameters,
+            max_multiply_accumulates=max_multiply_accumulates,
+            genotype_samples=genotype_samples,
+        ),
+    )
+
+
+def adapt_options(
+    *,
+    seed: int = 0,
+    inner_steps: int = 0,
+    finetune_steps: int = 0,
+    max_parameters: int = 0,
+    max_multiply_accumulates: int = 0,
+    genotype_samples: int = 0,
+) -> archadapt_pb2.AdaptOptions:
+    """Check the ranges of the options and return their AdaptOptions message; 0 means the default."""
+    _check_range("seed", seed, _UINT64_MAX)
+    _check_range("inner_steps", inner_steps, _UINT32_MAX)
+    _check_range("finetune_steps", finetune_steps, _UINT32_MAX)
+    _check_range("max_parameters", max_parameters, _UINT64_MAX)
+    _check_range("max_multiply_accumulates", max_multiply_accumulates, _UINT64_MAX)
+    _check_range("genotype_samples", genotype_samples, _UINT32_MAX)
+    return archadapt_pb2.AdaptOptions(
+        seed=seed,
+        inner_steps=inner_steps,
+        finetune_steps=finetune_steps,
+        max_parameters=max_parameters,
+        max_multiply_accumulates=max_multiply_accumulates,
+        genotype_samples=genotype_samples,
     )
 
 

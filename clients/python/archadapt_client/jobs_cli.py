@@ -28,6 +28,43 @@ JOB_COMMANDS = ("submit", "status", "watch", "cancel", "download", "jobs")
 _STATE_NAMES = [name for name in archadapt_pb2.JobState.keys() if name != "JOB_STATE_UNSPECIFIED"]
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --max-parameters, --max-macs and --genotype-samples, the options that shape the derived network."""
+    parser.add_argument(
+        "--max-parameters",
+        type=_count,
+        metavar="N",
+        default=0,
+        help="maximum trainable parameters of the returned network; the server rejects the request at once "
+        "when no network of its search space is that small (default: 0, no limit)",
+    )
+    parser.add_argument(
+        "--max-macs",
+        type=_count,
+        metavar="N",
+        default=0,
+        help="maximum multiply-accumulates of the returned network per image (default: 0, no limit)",
+    )
+    parser.add_argument(
+        "--genotype-samples",
+        type=_count,
+        metavar="K",
+        default=0,
+        help="genotypes the server scores on the validation images before it keeps one: the most probable "
+        "and K - 1 draws from the posterior (default: 0, the server's default)",
+    )
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; expected a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}; expected 0 or more")
+    return value
+
+
 def add_job_commands(
     commands: argparse._SubParsersAction,
     add_server_arguments: Callable[[argparse.ArgumentParser], None],
@@ -57,6 +94,7 @@ def add_job_commands(
     submit.add_argument("--seed", type=int, default=0, metavar="N", help="seed of every random choice of the server (default: 0)")
     submit.add_argument("--inner-steps", type=int, default=0, metavar="N", help="inner-loop steps (default: 0, the server's default)")
     submit.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="fine-tuning steps (default: 0, the server's default)")
+    add_budget_arguments(submit)
     submit.add_argument(
         "--idempotency-key", metavar="KEY",
         help="key that makes a repeated submit return the same job, at most 128 characters (default: a random key, "
@@ -179,6 +217,7 @@ def run_submit(client: Client, args: argparse.Namespace, stdout: TextIO, stderr:
         print(f"dataset: {info.dataset_id} ({info.size_bytes} bytes, {info.images} images, {info.classes} classes)", file=stdout)
     job = client.submit_job(
         info.dataset_id, seed=args.seed, inner_steps=args.inner_steps, finetune_steps=args.finetune_steps,
+        max_parameters=args.max_parameters, max_multiply_accumulates=args.max_macs, genotype_samples=args.genotype_samples,
         idempotency_key=args.idempotency_key or uuid.uuid4().hex, deadline_seconds=args.deadline,
     )
     if args.json:
@@ -238,7 +277,10 @@ def print_job(job: archadapt_pb2.Job, stdout: TextIO) -> None:
         f"job: {job.job_id}",
         f"dataset: {job.dataset_id}",
         f"options: seed {job.options.seed}, inner steps {job.options.inner_steps or 'default'}, "
-        f"fine-tuning steps {job.options.finetune_steps or 'default'}",
+        f"fine-tuning steps {job.options.finetune_steps or 'default'}"
+        + (f", at most {job.options.max_parameters} parameters" if job.options.max_parameters else "")
+        + (f", at most {job.options.max_multiply_accumulates} multiply-accumulates" if job.options.max_multiply_accumulates else "")
+        + (f", {job.options.genotype_samples} genotype samples" if job.options.genotype_samples else ""),
         f"created: {_time(job.created_time)}",
         f"started: {_time(job.started_time)}",
         f"finished: {_time(job.finished_time)}",

@@ -68,14 +68,20 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawArray, _Mapping]] = ...) -> None: ...
 
 class AdaptOptions(_message.Message):
-    __slots__ = ("seed", "inner_steps", "finetune_steps")
+    __slots__ = ("seed", "inner_steps", "finetune_steps", "max_parameters", "max_multiply_accumulates", "genotype_samples")
     SEED_FIELD_NUMBER: _ClassVar[int]
     INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MULTIPLY_ACCUMULATES_FIELD_NUMBER: _ClassVar[int]
+    GENOTYPE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     seed: int
     inner_steps: int
     finetune_steps: int
-    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ...) -> None: ...
+    max_parameters: int
+    max_multiply_accumulates: int
+    genotype_samples: int
+    def __init__(self, seed: _Optional[int] = ..., inner_steps: _Optional[int] = ..., finetune_steps: _Optional[int] = ..., max_parameters: _Optional[int] = ..., max_multiply_accumulates: _Optional[int] = ..., genotype_samples: _Optional[int] = ...) -> None: ...
 
 class AdaptRequest(_message.Message):
     __slots__ = ("images", "labels", "class_names", "options")
@@ -150,7 +156,7 @@ class Metrics(_message.Message):
     def __init__(self, support_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ..., validation_accuracy: _Optional[float] = ..., validation_loss: _Optional[float] = ..., onnx_max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class AdaptResult(_message.Message):
-    __slots__ = ("request_id", "genotype_json", "edge_probabilities", "metrics", "timings", "parameter_count", "multiply_accumulates", "model_bytes", "model_sha256", "class_names", "checkpoint_id")
+    __slots__ = ("request_id", "genotype_json", "edge_probabilities", "metrics", "timings", "parameter_count", "multiply_accumulates", "model_bytes", "model_sha256", "class_names", "checkpoint_id", "top_genotypes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     GENOTYPE_JSON_FIELD_NUMBER: _ClassVar[int]
     EDGE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +168,7 @@ class AdaptResult(_message.Message):
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_GENOTYPES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     genotype_json: str
     edge_probabilities: _containers.RepeatedCompositeFieldContainer[EdgeProbabilities]
@@ -173,7 +180,20 @@ class AdaptResult(_message.Message):
     model_sha256: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     checkpoint_id: str
-    def __init__(self, request_id: _Optional[str] = ..., genotype_json: _Optional[str] = ..., edge_probabilities: _Optional[_Iterable[_Union[EdgeProbabilities, _Mapping]]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ..., model_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...
+    top_genotypes: _containers.RepeatedCompositeFieldContainer[RankedGenotype]
+    def __init__(self, request_id: _Optional[str] = ..., genotype_json: _Optional[str] = ..., edge_probabilities: _Optional[_Iterable[_Union[EdgeProbabilities, _Mapping]]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ..., model_bytes: _Optional[int] = ..., model_sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., checkpoint_id: _Optional[str] = ..., top_genotypes: _Optional[_Iterable[_Union[RankedGenotype, _Mapping]]] = ...) -> None: ...
+
+class RankedGenotype(_message.Message):
+    __slots__ = ("genotype_json", "probability", "parameter_count", "multiply_accumulates")
+    GENOTYPE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLY_ACCUMULATES_FIELD_NUMBER: _ClassVar[int]
+    genotype_json: str
+    probability: float
+    parameter_count: int
+    multiply_accumulates: int
+    def __init__(self, genotype_json: _Optional[str] = ..., probability: _Optional[float] = ..., parameter_count: _Optional[int] = ..., multiply_accumulates: _Optional[int] = ...) -> None: ...
 
 class AdaptEvent(_message.Message):
     __slots__ = ("progress", "model_chunk", "result")
@@ -248,7 +268,7 @@ class JobLimits(_message.Message):
     def __init__(self, max_queued_jobs: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., result_ttl_seconds: _Optional[float] = ..., max_disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps", "job_limits")
+    __slots__ = ("input_spec", "search_space", "limits", "archadapt_version", "checkpoint_id", "device", "torch_version", "onnxruntime_version", "default_inner_steps", "default_finetune_steps", "job_limits", "default_genotype_samples")
     INPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SPACE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +280,7 @@ class ServerInfo(_message.Message):
     DEFAULT_INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FINETUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
     JOB_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GENOTYPE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     input_spec: InputSpec
     search_space: SearchSpace
     limits: RequestLimits
@@ -271,7 +292,8 @@ class ServerInfo(_message.Message):
     default_inner_steps: int
     default_finetune_steps: int
     job_limits: JobLimits
-    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ..., job_limits: _Optional[_Union[JobLimits, _Mapping]] = ...) -> None: ...
+    default_genotype_samples: int
+    def __init__(self, input_spec: _Optional[_Union[InputSpec, _Mapping]] = ..., search_space: _Optional[_Union[SearchSpace, _Mapping]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ..., archadapt_version: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., default_inner_steps: _Optional[int] = ..., default_finetune_steps: _Optional[int] = ..., job_limits: _Optional[_Union[JobLimits, _Mapping]] = ..., default_genotype_samples: _Optional[int] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("images", "labels", "class_names")
