@@ -466,7 +466,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100, help="tasks per setting for the fast rows")
     parser.add_argument("--slow-tasks", type=int, default=20, help="tasks per setting for slow rows (DARTS from scratch and ablations)")
     parser.add_argument("--inner-steps", type=int, default=10, help="inner-loop (or search) steps of every row")
-    parser.add_argument("--finetune-steps", type=int, default=100, help="fine-tuning steps of every row")
+    parser.add_argument("--finetune-steps", type=int, default=100, help="fine-tuning steps of every row (the server's default is 300; 100 keeps a full run to hours on 2 cores)")
     parser.add_argument("--results", type=Path, default=ROOT / ".cache" / "baselines" / "results.jsonl", help="JSON Lines file of finished tasks; a rerun resumes from it")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file the report is appended to")
     parser.add_argument("--report-only", action="store_true", help="write the report from the results file without running tasks")
@@ -495,14 +495,14 @@ def main() -> int:
     source = TaskSource(checkpoint)
 
     if not args.report_only:
-        most = max(args.tasks, args.slow_tasks)
+        max_tasks = max(args.tasks, args.slow_tasks)
         total = sum(
-            min(most, args.slow_tasks if METHODS[m].slow else args.tasks) for m in args.methods
+            min(max_tasks, args.slow_tasks if METHODS[m].slow else args.tasks) for m in args.methods
         ) * len(args.settings)
         done = 0
         started = time.perf_counter()
         with open(args.results, "a") as handle:
-            for index in range(most):
+            for index in range(max_tasks):
                 for setting in args.settings:
                     task = None
                     for method in args.methods:
