@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu where an NVIDIA driver is present, the CPU onnxruntime elsewhere.
 ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: demo test install system-packages protos benchmark benchmark-cancel clean
+.PHONY: demo test install system-packages protos benchmark benchmark-cancel benchmark-baselines benchmark-time-to-accuracy variants clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ benchmark: install system-packages
 # How fast cancelled jobs and Adapt calls stop, per phase; appends to docs/benchmarks.md.
 benchmark-cancel: install
 	$(PY) benchmarks/cancel_latency.py
+
+# BASE against its baselines and ablations on glyph and Fashion-MNIST tasks; resumable.
+benchmark-baselines: install system-packages
+	$(PY) benchmarks/baselines.py --threads 1
+
+# Wall and CPU time for BASE to reach what DARTS from scratch reaches with ten times its budget.
+benchmark-time-to-accuracy: install system-packages
+	$(PY) benchmarks/time_to_accuracy.py --threads 1
+
+# Meta-train the checkpoints of the variant rows of benchmark-baselines into .cache/variants.
+variants: install system-packages
+	sh scripts/train_variants.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
