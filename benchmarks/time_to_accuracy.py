@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Time for BASE to reach the accuracy of DARTS from scratch given ten times BASE's budget.
 
-On standard requests (Fashion-MNIST 10-way 20-shot tasks, 50 query images per class), DARTS
-runs from scratch on each task with ten times the serving budget: ten times the inner steps as
-first-order DARTS search steps, then ten times the fine-tuning steps training the derived
-network from its random initialization. Its mean query accuracy is the target. BASE runs from
-the prior with the serving inner loop and a range of fine-tuning budgets on the same tasks; the
-first budget whose mean accuracy reaches the target gives BASE's time. The ratio of the two
-wall times is the speed-up. Both are measured in the same process, one after the other, so
-that drift of the machine affects both, and the CPU time of each run is reported beside its
-wall time. Appends the table to docs/benchmarks.md.
+The tasks are standard requests: Fashion-MNIST 10-way 20-shot, with 50 query images per class.
+DARTS runs from scratch on each task with ten times the serving budget. It searches for ten
+times the inner steps, then trains the derived network from its random initialization for ten
+times the fine-tuning steps. Its mean query accuracy is the target. BASE runs from the prior
+with the serving inner loop and a range of fine-tuning budgets on the same tasks, and the first
+budget whose mean accuracy reaches the target gives BASE's time. The speed-up is the ratio of
+the two times. Both run in one process, one after the other, and each run's CPU time is
+reported beside its wall time, because other work on a shared machine inflates only the
+latter. Appends the table to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SETTING = "fashion-10way-20shot"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default", help="checkpoint directory")
-    parser.add_argument("--tasks", type=int, default=3, help="tasks (the same for both methods)")
+    parser.add_argument("--tasks", type=int, default=3, help="number of tasks; both methods run the same ones")
     parser.add_argument("--multiple", type=int, default=10, help="DARTS budget as a multiple of the serving budget")
     parser.add_argument("--base-steps", type=int, nargs="+", default=[50, 100, 200, 300], help="BASE fine-tuning budgets to try, ascending")
     parser.add_argument("--results", type=Path, default=ROOT / ".cache" / "time_to_accuracy" / "results.jsonl", help="JSON Lines file of finished runs; a rerun resumes from it")
@@ -106,10 +106,9 @@ def main() -> int:
         f"- Commit: {current_commit()}; checkpoint `{checkpoint.checkpoint_id}`",
         f"- Machine: {machine_description()}",
         f"- {args.tasks} Fashion-MNIST 10-way 20-shot tasks, 50 query images per class, the same for every row; "
-        "mean query accuracy with a 95% confidence interval, mean wall time per task.",
+        "mean query accuracy with a 95% confidence interval.",
         f"- DARTS from scratch: {darts_search} first-order search steps, then {darts_train} training steps "
         f"({args.multiple} times the serving budget of {serving.inner.inner_steps} inner and {serving.finetune.steps} fine-tuning steps).",
-        "",
         "- Times per task: wall time, and the process's CPU time, which other work on a shared "
         "machine does not inflate (one torch thread, so CPU time is close to the wall time on an idle core).",
         "",
