@@ -411,6 +411,12 @@ def load_results(path: Path) -> dict[tuple, dict]:
     return results
 
 
+def reference_of(method: str) -> str:
+    """Return the row that `method` is compared with: the base variant for other variants, else BASE."""
+    variant = METHODS[method].variant
+    return "variant-base" if variant not in (None, "base") else "base"
+
+
 def meta_training_cost(checkpoint: Checkpoint) -> str:
     return f"{checkpoint.state.get('wall_seconds', 0.0) / 60:.0f} min, {checkpoint.state.get('tasks_seen', 0)} tasks"
 
@@ -431,18 +437,23 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "- Meta-training: CPU wall time and tasks seen by the checkpoint a row adapts; variant rows adapt "
         "checkpoints trained with `configs/variants/NAME.json`.",
         "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
-        "difference from BASE on the tasks both ran, with its 95% interval.",
+        "difference from the reference row on the tasks both ran, with its 95% interval. The reference "
+        "is BASE, except for variant rows other than the base variant, whose reference is the base "
+        "variant (the same meta-training budget).",
         "",
     ]
     for setting in settings:
-        base_rows = {task: row for (run, s, m, task), row in results.items() if run == run_key and s == setting and m == "base"}
-        lines += [f"### {setting}", "", "| method | accuracy | tasks | difference from BASE | parameters | MACs | adapt s | fine-tune s | meta-training |", "|---|---|---|---|---|---|---|---|---|"]
+        def rows_of(method: str) -> dict[int, dict]:
+            return {task: row for (run, s, m, task), row in results.items() if run == run_key and s == setting and m == method}
+
+        lines += [f"### {setting}", "", "| method | accuracy | tasks | difference from reference | parameters | MACs | adapt s | fine-tune s | meta-training |", "|---|---|---|---|---|---|---|---|---|"]
         for method in methods:
-            rows = [row for (run, s, m, _), row in results.items() if run == run_key and s == setting and m == method]
+            rows = list(rows_of(method).values())
             if not rows:
                 continue
             accuracy, ci = mean_ci([r["accuracy"] for r in rows])
-            paired = [r["accuracy"] - base_rows[r["task"]]["accuracy"] for r in rows if r["task"] in base_rows]
+            reference = rows_of(reference_of(method))
+            paired = [r["accuracy"] - reference[r["task"]]["accuracy"] for r in rows if r["task"] in reference]
             if method == "base" or len(paired) < 2:
                 difference = "-"
             else:
