@@ -371,8 +371,8 @@ METHODS: dict[str, Method] = {
     # Serving-time ablations of BASE.
     "soft-sampling": Method("BASE with soft Gumbel-Softmax in the inner loop", _inner_variant(sampling="soft"), True, slow=True),
     "constant-temperature": Method("BASE with temperature 1.0 throughout", _inner_variant(temperature_end=1.0), True, slow=True),
-    "no-architecture-kl": Method("BASE without KL(q(alpha) || p(alpha)) in the inner loop", _inner_variant(beta_alpha=0.0), True, slow=True),
-    "no-weight-kl": Method("BASE without KL(q(w) || p(w)) in the inner loop", _inner_variant(beta_w=0.0), True, slow=True),
+    "no-architecture-kl": Method("BASE without the architecture KL term in the inner loop", _inner_variant(beta_alpha=0.0), True, slow=True),
+    "no-weight-kl": Method("BASE without the weight KL term in the inner loop", _inner_variant(beta_w=0.0), True, slow=True),
     "inner-steps-0": Method("BASE with no inner steps (the prior's mode, fine-tuned)", _inner_variant(inner_steps=0), True, slow=True),
     "inner-steps-50": Method("BASE with 50 inner steps", _inner_variant(inner_steps=50), True, slow=True),
     "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
