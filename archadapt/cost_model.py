@@ -103,8 +103,8 @@ class CostModel:
         for (c_prev_prev, c_prev, c, reduction, reduction_prev), cell_type in zip(cell_channels(space), space.cell_types()):
             (h0, w0), (h1, w1) = sizes
             input_pixels = h1 * w1
-            # preprocess0 is a FactorizedReduce after a reduction cell and a 1x1 ReLUConvBN otherwise;
-            # both end at the side of s1 with c channels, and both cost c_prev_prev * c per pixel.
+            # preprocess0 is a FactorizedReduce after a reduction cell and a 1x1 ReLUConvBN otherwise.
+            # Both end at the side of s1 with c channels, so both cost c_prev_prev * c per pixel.
             fixed = fixed + Cost(c_prev_prev * c, c_prev_prev * c * input_pixels)
             fixed = fixed + Cost(c_prev * c, c_prev * c * input_pixels)
             out_h, out_w = (_reduced(h1), _reduced(w1)) if reduction else (h1, w1)

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from archadapt_client.loaders import read_idx
+from demo_task import fashion_mnist, mean_ci
 from markdown_report import append_section, current_commit, machine_description
 from sklearn.linear_model import LogisticRegression
 from torch import nn
@@ -56,7 +56,6 @@ from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import ALPHA_NAMES, Supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 # name -> (source, way, shot)
 SETTINGS: dict[str, tuple[str, int, int]] = {
@@ -156,10 +155,7 @@ class TaskSource:
 
     def fashion(self):
         if self._fashion is None:
-            self._fashion = (
-                read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz"),
-                read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz"),
-            )
+            self._fashion = (*fashion_mnist("train"), *fashion_mnist("t10k"))
         return self._fashion
 
 
@@ -257,7 +253,7 @@ def darts_from_scratch(
     weights = [p for n, p in supernet.named_parameters() if n not in ALPHA_NAMES.values()] + list(head.parameters())
     weight_optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, max(1, search_steps), eta_min=1e-3)
-    # DARTS uses 3e-4 over tens of thousands of steps; a search of tens of steps needs a larger one.
+    # DARTS uses 3e-4 over tens of thousands of steps, so a search of tens of steps needs a larger one.
     alpha_optimizer = torch.optim.Adam(list(supernet.alphas().values()), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
     train_index, val_index = split_halves(task.support_labels, generator)
 
@@ -289,7 +285,7 @@ def darts_from_scratch(
 
 
 def split_halves(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split each class's examples in two halves; with one example per class both halves are all of them."""
+    """Split each class's examples in two halves. With one example per class, both halves are all examples."""
     if int(torch.bincount(labels).min()) < 2:
         everything = torch.arange(len(labels))
         return everything, everything
@@ -318,7 +314,7 @@ class Method:
     uses_meta_training: bool
     slow: bool = False  # measured on --slow-tasks tasks per setting
     # Name of the meta-training variant (configs/variants/NAME.json) whose checkpoint, in
-    # --variants-dir/NAME, the row adapts; None for the checkpoint given by --checkpoint.
+    # --variants-dir/NAME, the row adapts. None adapts the checkpoint given by --checkpoint.
     variant: str | None = None
 
 
@@ -393,12 +389,6 @@ METHODS.update({
     }.items()
 })
 HEADLINE = ("base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression")
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    half = 1.96 * array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else float("nan")
-    return float(array.mean()), float(half)
 
 
 def load_results(path: Path) -> dict[tuple, dict]:

@@ -27,8 +27,7 @@ from archadapt.checkpoint import load_checkpoint
 from archadapt.cost_model import CostModel
 from archadapt.derivation import smallest_cost
 from archadapt_client import Client
-from archadapt_client.loaders import read_idx
-from demo_task import FASHION, draw, mean_ci
+from demo_task import draw, fashion_mnist, mean_ci
 from markdown_report import append_section, current_commit, machine_description
 from server.app import create_server
 
@@ -83,8 +82,8 @@ def main() -> int:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
 
-    train_images, train_labels = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
-    test_images, test_labels = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    train_images, train_labels = fashion_mnist("train")
+    test_images, test_labels = fashion_mnist("t10k")
     checkpoint = load_checkpoint(args.checkpoint)
     least = smallest_cost(CostModel.build(checkpoint.space, checkpoint.spec, 10), "parameters")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,8 @@ from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint, load_checkpoint
 from archadapt.config import PRECISIONS
 from archadapt_client import Client
-from archadapt_client.loaders import read_idx
 from archadapt_client.v1 import archadapt_pb2 as pb
-from demo_task import draw
+from demo_task import draw, fashion_mnist
 from markdown_report import append_section, current_commit, machine_description
 from server.app import create_server
 from server.concurrency import concurrent_jobs_argument, resolve_concurrent_jobs
@@ -34,7 +32,6 @@ from server.jobs import JobLimits
 from server.request_decoding import RequestLimits
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 QUICK_STEPS = {"inner_steps": 2, "finetune_steps": 10}
 
 
@@ -89,7 +86,7 @@ def main() -> int:
     jobs, steps = (2, QUICK_STEPS) if args.quick else (args.jobs, {})
     concurrent = 2 if args.quick else resolve_concurrent_jobs(args.concurrent, device, checkpoint, config, RequestLimits())
 
-    images, labels = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    images, labels = fashion_mnist("train")
     support_images, support_labels = draw(images, labels, 20, np.random.default_rng(0))
     results = {}
     for count in sorted({1, concurrent}):

@@ -40,6 +40,11 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
 
 
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the images (N, 28, 28) uint8 and labels (N,) of the "train" or "t10k" Fashion-MNIST file."""
+    return read_idx(FASHION / f"{split}-images-idx3-ubyte.gz"), read_idx(FASHION / f"{split}-labels-idx1-ubyte.gz")
+
+
 def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator):
     chosen = np.concatenate([rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in range(10)])
     return images[chosen], labels[chosen].astype(np.int64)
@@ -113,8 +118,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown file to append to")
     args = parser.parse_args()
 
-    train = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
-    test = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    train, test = fashion_mnist("train"), fashion_mnist("t10k")
     checkpoint = load_checkpoint(args.checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {}

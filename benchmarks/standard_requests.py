@@ -23,14 +23,12 @@ from PIL import Image
 
 from archadapt.checkpoint import load_checkpoint
 from archadapt_client import Client
-from archadapt_client.loaders import read_idx
-from demo_task import draw, png_files
+from demo_task import draw, fashion_mnist, png_files
 from markdown_report import append_section, current_commit, machine_description
 from server.app import create_server
 from server.request_decoding import RequestLimits
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 PHASES = ("validate", "adapt", "derive", "finetune", "evaluate", "export")
 
 
@@ -42,7 +40,7 @@ def tinted_rgb(image: np.ndarray, side: int, rng: np.random.Generator) -> np.nda
 
 
 def requests(seed: int) -> dict[str, tuple[list[bytes], list[int]]]:
-    images, labels = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    images, labels = fashion_mnist("train")
     rng = np.random.default_rng(seed)
     small_x, small_y = draw(images, labels, 20, rng)
     large_x, large_y = draw(images, labels, 100, rng)

@@ -6,8 +6,8 @@
 
 where free_bytes comes from torch.cuda.mem_get_info at start and job_bytes is the GPU memory
 that one job uses at its peak. job_bytes is either configured (`--job-memory-mib`) or measured
-at start by a short probe job; the probe's peak is then raised by the support set of the largest
-dataset the request limits allow. On a CPU, auto means one job.
+at start by a short probe job. A measured peak is raised by the memory of the support set of the
+largest dataset that the request limits allow. On a CPU, auto means one job.
 """
 
 from __future__ import annotations

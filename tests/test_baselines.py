@@ -52,7 +52,7 @@ def test_relaxed_mode_passes_gradient_to_alphas(tiny_space: SearchSpace, tiny_sp
     assert float(supernet.alpha_normal.grad.abs().sum()) > 0
 
 
-def test_genotype_logits_derive_back_to_the_genotype() -> None:
+def test_genotype_logits_derive_back() -> None:
     genotype = darts_v2()
     logits = genotype_logits(SPACE, genotype)
     probs = {cell_type: op_probs(alpha) for cell_type, alpha in logits.items()}
@@ -81,19 +81,20 @@ def test_split_halves_covers_each_class_once() -> None:
     assert torch.bincount(labels[first]).tolist() == [2, 2, 2]
 
 
-def test_split_halves_with_one_shot_uses_everything_twice() -> None:
+def test_split_halves_one_shot_repeats() -> None:
     labels = torch.arange(5)
     first, second = split_halves(labels, torch.Generator().manual_seed(0))
     assert first.tolist() == second.tolist() == list(range(5))
 
 
-def test_darts_from_scratch_learns_a_separable_task(tiny_space, tiny_spec, corner_squares) -> None:
+def test_darts_scratch_learns_separable_task(tiny_space, tiny_spec, corner_squares) -> None:
     support_images, support_labels = corner_squares(4, seed=0)
     query_images, query_labels = corner_squares(4, seed=1)
     task = Task(support_images, support_labels, query_images, query_labels, int(support_labels.max()) + 1)
     outcome = darts_from_scratch(tiny_space, tiny_spec, task, 5, FinetuneConfig(steps=40, lr=0.01), seed=0)
     Genotype.from_json(outcome.genotype).validate(tiny_space)
-    assert outcome.parameters > 0 and outcome.multiply_accumulates > 0
+    assert outcome.parameters > 0
+    assert outcome.multiply_accumulates > 0
     assert outcome.accuracy > 1.5 / task.way  # well above chance
 
 
@@ -118,7 +119,7 @@ def test_fixed_genotype_needs_frozen_alphas(tiny_space: SearchSpace, tiny_spec: 
         dataclasses.replace(config, meta_lr_alpha=0.003)
 
 
-def test_fixed_genotype_meta_training_keeps_the_architecture(tmp_path: Path) -> None:
+def test_fixed_genotype_keeps_architecture(tmp_path: Path) -> None:
     space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4)
     spec = InputSpec(height=16, width=16)
     genotype = random_genotype(space, np.random.default_rng(1))
@@ -132,7 +133,7 @@ def test_fixed_genotype_meta_training_keeps_the_architecture(tmp_path: Path) -> 
     assert moved, "meta-training changed no weight"
 
 
-def test_darts_search_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squares) -> None:
+def test_darts_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squares) -> None:
     support_images, support_labels = corner_squares(2, seed=0)
     task = Task(support_images, support_labels, *corner_squares(2, seed=1), int(support_labels.max()) + 1)
     # Zero weights make every embedding zero, so a network that inherits them predicts one class.
@@ -147,4 +148,5 @@ def test_darts_search_starts_from_pretrained_weights(tiny_space, tiny_spec, corn
 def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
     default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
-    assert config.search_space == default.search_space and config.input_spec == default.input_spec
+    assert config.search_space == default.search_space
+    assert config.input_spec == default.input_spec

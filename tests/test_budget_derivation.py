@@ -135,6 +135,7 @@ def test_sampled_genotypes_distinct_within_budget() -> None:
     drawn = sample_genotypes(SMALL_SPACE, probs, model, budget, 4, torch.Generator().manual_seed(0))
     again = sample_genotypes(SMALL_SPACE, probs, model, budget, 4, torch.Generator().manual_seed(0))
 
-    assert len(drawn) == 4 and len(set(drawn)) == 4
+    assert len(drawn) == 4
+    assert len(set(drawn)) == 4
     assert drawn == again
     assert all(budget.admits(model.genotype_cost(g)) for g in drawn)

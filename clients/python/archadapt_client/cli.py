@@ -19,7 +19,13 @@ from tqdm import tqdm
 from archadapt_client import __version__
 from archadapt_client.client import AdaptResult, Client, ProgressUpdate, RetryPolicy
 from archadapt_client.errors import ArchadaptError
-from archadapt_client.jobs_cli import JOB_COMMANDS, add_budget_arguments, add_job_commands, run_job_command
+from archadapt_client.jobs_cli import (
+    JOB_COMMANDS,
+    add_budget_arguments,
+    add_job_commands,
+    non_negative_int,
+    run_job_command,
+)
 from archadapt_client.loaders import DatasetError, load_dataset, load_idx
 from archadapt_client.v1 import archadapt_pb2
 
@@ -246,7 +252,7 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=3,
         metavar="N",
         help="retries, with exponential backoff, of a call that fails with UNAVAILABLE before it receives "
@@ -272,16 +278,6 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}; expected a number of seconds") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}; expected a positive number of seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; expected a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}; expected 0 or more")
     return value
 
 

@@ -169,8 +169,8 @@ class AdaptResult:
         checkpoint_id: Id of the checkpoint the prior came from.
         model_sha256: Hex SHA-256 of onnx_model.
         top_genotypes: The most probable genotypes under the adapted
-            posterior, best first, with their probabilities and costs;
-            the budget is not applied to them.
+            posterior, best first, with their probabilities and costs.
+            They are ranked without the request's budget.
     """
 
     onnx_model: bytes = field(repr=False)

@@ -32,7 +32,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --max-parameters, --max-macs and --genotype-samples, the options that shape the derived network."""
     parser.add_argument(
         "--max-parameters",
-        type=_count,
+        type=non_negative_int,
         metavar="N",
         default=0,
         help="maximum trainable parameters of the returned network; the server rejects the request at once "
@@ -40,14 +40,14 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-macs",
-        type=_count,
+        type=non_negative_int,
         metavar="N",
         default=0,
         help="maximum multiply-accumulates of the returned network per image (default: 0, no limit)",
     )
     parser.add_argument(
         "--genotype-samples",
-        type=_count,
+        type=non_negative_int,
         metavar="K",
         default=0,
         help="genotypes the server scores on the validation images before it keeps one: the most probable "
@@ -55,7 +55,8 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _count(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """Parse a count option: a whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:
