@@ -3,8 +3,9 @@
 A checkpoint directory holds:
 - `prior.safetensors`: theta (supernet weights and alpha logits) and the per-tensor log sigma
   of the weight prior, stored as `log_sigma/<name>`;
-- `checkpoint.json`: the search space, the input spec, the training config, provenance,
-  metrics and the SHA-256 of every other file (the manifest).
+- `checkpoint.json`: the search space, the input spec, the embedding network (`architecture`,
+  "supernet" or "conv4", absent from checkpoints older than conv4, which are supernets), the
+  training config, provenance, metrics and the SHA-256 of every other file (the manifest).
 Nothing is unpickled on load; a file whose digest differs from the manifest is refused.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from archadapt.conv4 import ARCHITECTURES, DEFAULT_CHANNELS, Conv4
 from archadapt.errors import CheckpointError, ConfigError
 from archadapt.inner_loop import Prior
 from archadapt.search_space import InputSpec, SearchSpace
@@ -41,19 +43,38 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)  # data, steps, seed, code version, timings
     metrics: dict = field(default_factory=dict)  # for example meta_val accuracy
     state: dict = field(default_factory=dict)  # resumable training state (step, RNG seeds)
+    architecture: str = "supernet"  # the embedding network of theta, one of ARCHITECTURES
+    conv4_channels: int = DEFAULT_CHANNELS  # filters per convolution when the architecture is "conv4"
 
     @property
     def checkpoint_id(self) -> str:
         return self.provenance.get("checkpoint_id", "unknown")
 
+    def check_supernet(self) -> None:
+        """Raise CheckpointError unless theta is a supernet's, the only kind of network that adaptation serves."""
+        if self.architecture != "supernet":
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_id} contains a {self.architecture} network, but adaptation needs a "
+                "supernet checkpoint to search architectures; use a checkpoint meta-trained with architecture 'supernet'"
+            )
+
     def build_supernet(self, device: torch.device | str = "cpu") -> Supernet:
-        """Return a supernet whose parameters are theta, on `device`."""
-        supernet = Supernet(self.space, self.spec)
-        missing = set(dict(supernet.named_parameters())) - set(self.prior.parameters)
+        """Return a supernet whose parameters are theta, on `device`. Raise CheckpointError for other networks."""
+        self.check_supernet()
+        return self._load_into(Supernet(self.space, self.spec), device)
+
+    def build_embedding_network(self, device: torch.device | str = "cpu") -> Supernet | Conv4:
+        """Return the checkpoint's embedding network, a supernet or a conv4, with theta as its parameters, on `device`."""
+        if self.architecture == "conv4":
+            return self._load_into(Conv4(self.space, self.spec, self.conv4_channels), device)
+        return self.build_supernet(device)
+
+    def _load_into(self, network: Supernet | Conv4, device: torch.device | str) -> Supernet | Conv4:
+        missing = set(dict(network.named_parameters())) - set(self.prior.parameters)
         if missing:
-            raise CheckpointError(f"checkpoint lacks tensors {sorted(missing)[:5]} for its search space")
-        supernet.load_state_dict(self.prior.parameters, strict=False)
-        return supernet.to(device)
+            raise CheckpointError(f"checkpoint lacks tensors {sorted(missing)[:5]} for its {self.architecture} network")
+        network.load_state_dict(self.prior.parameters, strict=False)
+        return network.to(device)
 
 
 def sha256_file(path: Path) -> str:
@@ -90,12 +111,15 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, extra_tensors: dict
             "format_version": FORMAT_VERSION,
             "search_space": checkpoint.space.to_dict(),
             "input_spec": checkpoint.spec.to_dict(),
+            "architecture": checkpoint.architecture,
             "config": checkpoint.config,
             "provenance": checkpoint.provenance,
             "metrics": checkpoint.metrics,
             "state": checkpoint.state,
             "files": {name: sha256_file(staging / name) for name in files},
         }
+        if checkpoint.architecture == "conv4":
+            manifest["conv4_channels"] = checkpoint.conv4_channels
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in staging.iterdir():
             path.chmod(0o644)
@@ -160,6 +184,14 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         spec = InputSpec.from_dict(manifest["input_spec"])
     except (KeyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"checkpoint manifest {manifest_path} is invalid: {error}") from error
+    architecture = manifest.get("architecture", "supernet")
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(
+            f"checkpoint manifest {manifest_path} has architecture {architecture!r}; allowed: {list(ARCHITECTURES)}"
+        )
+    conv4_channels = manifest.get("conv4_channels", DEFAULT_CHANNELS)
+    if architecture == "conv4" and not (isinstance(conv4_channels, int) and conv4_channels >= 1):
+        raise CheckpointError(f"checkpoint manifest {manifest_path} has conv4_channels {conv4_channels!r}; expected a positive integer")
 
     tensors = load_file(str(directory / TENSORS_FILE), device=str(device))
     log_sigma = {k[len(LOG_SIGMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LOG_SIGMA_PREFIX)}
@@ -172,6 +204,8 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
         provenance=manifest.get("provenance", {}),
         metrics=manifest.get("metrics", {}),
         state=manifest.get("state", {}),
+        architecture=architecture,
+        conv4_channels=conv4_channels,
     )
 
 

@@ -72,10 +72,11 @@ class DerivedNetwork(nn.Module):
         return self.classifier(self.embed(images))
 
 
-def inherit_weights(network: DerivedNetwork, supernet_weights: dict[str, torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor) -> int:
+def inherit_weights(network: nn.Module, supernet_weights: dict[str, torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor) -> int:
     """Copy the adapted supernet weights and the task head into `network`; return tensors copied.
 
-    Every parameter of the derived network has a counterpart in the supernet, so a missing one is
+    `network` is a DerivedNetwork, or a Conv4Network with the weights of a Conv4. Every parameter
+    except `classifier.*` has a counterpart of the same name in the weights, so a missing one is
     a programming error and raises KeyError.
     """
     copied = 0

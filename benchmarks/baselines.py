@@ -41,6 +41,7 @@ from torch import nn
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint, load_checkpoint
 from archadapt.config import FinetuneConfig
+from archadapt.conv4 import Conv4Network
 from archadapt.derivation import derive_genotype
 from archadapt.finetune import finetune
 from archadapt.genotype import Genotype
@@ -166,14 +167,14 @@ def query_accuracy(network: nn.Module, task: Task) -> float:
     return float((predictions == task.query_labels).float().mean())
 
 
-def describe(network: DerivedNetwork, spec: InputSpec, task: Task, adapt_seconds: float, finetune_seconds: float) -> Outcome:
+def describe(network: nn.Module, spec: InputSpec, task: Task, adapt_seconds: float, finetune_seconds: float, genotype: str) -> Outcome:
     return Outcome(
         accuracy=query_accuracy(network, task),
         parameters=count_parameters(network),
         multiply_accumulates=count_multiply_accumulates(network, spec),
         adapt_seconds=adapt_seconds,
         finetune_seconds=finetune_seconds,
-        genotype=network.genotype.to_json(),
+        genotype=genotype,
     )
 
 
@@ -189,26 +190,38 @@ def adapt_from_prior(
     """BASE and its variants: inner loop from the prior, derivation, fine-tuning.
 
     `genotype` replaces the derived one; `inherit=False` trains the derived network from its
-    random initialization instead of the adapted supernet weights.
+    random initialization instead of the adapted supernet weights. A conv4 checkpoint has no
+    genotype to derive, so its classifier is the conv4 network with the task head as its last layer.
     """
+    if genotype is not None and checkpoint.architecture != "supernet":
+        raise ValueError(
+            f"a genotype applies only to supernet checkpoints, but checkpoint {checkpoint.checkpoint_id} "
+            f"is {checkpoint.architecture}; pass genotype=None"
+        )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    supernet = checkpoint.build_supernet()
+    embedding_network = checkpoint.build_embedding_network()
     started = time.perf_counter()
     posterior = run_inner_loop(
-        supernet, checkpoint.prior, task.support_images, task.support_labels, task.way, config.inner, generator=generator
+        embedding_network, checkpoint.prior, task.support_images, task.support_labels, task.way, config.inner,
+        generator=generator,
     )
     adapt_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    if genotype is None:
-        probs = {cell_type: op_probs(posterior.parameters[name]).detach() for cell_type, name in ALPHA_NAMES.items()}
-        genotype = derive_genotype(checkpoint.space, probs)
-    network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, task.way)
+    if checkpoint.architecture == "conv4":
+        network: nn.Module = Conv4Network(checkpoint.spec, checkpoint.conv4_channels, task.way)
+        genotype_name = "conv4"
+    else:
+        if genotype is None:
+            probs = {cell_type: op_probs(posterior.parameters[name]).detach() for cell_type, name in ALPHA_NAMES.items()}
+            genotype = derive_genotype(checkpoint.space, probs)
+        network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, task.way)
+        genotype_name = genotype.to_json()
     if inherit:
         inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
     finetune(network, task.support_images, task.support_labels, config.finetune, generator)
-    return describe(network, checkpoint.spec, task, adapt_seconds, time.perf_counter() - started)
+    return describe(network, checkpoint.spec, task, adapt_seconds, time.perf_counter() - started, genotype_name)
 
 
 def random_genotype(space: SearchSpace, rng: np.random.Generator) -> Genotype:
@@ -281,7 +294,7 @@ def darts_from_scratch(
     if pretrained is not None:
         inherit_weights(network, dict(supernet.named_parameters()), head.weight, head.bias)
     finetune(network, task.support_images, task.support_labels, finetune_config, generator)
-    return describe(network, spec, task, search_seconds, time.perf_counter() - started)
+    return describe(network, spec, task, search_seconds, time.perf_counter() - started, genotype.to_json())
 
 
 def split_halves(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +386,7 @@ METHODS: dict[str, Method] = {
     "inner-steps-50": Method("BASE with 50 inner steps", _inner_variant(inner_steps=50), True, slow=True),
     "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
 }
-VARIANT_RUNS = {"darts-cell": _fixed_architecture, "pretrained-supernet": _pretrained_darts}
+VARIANT_RUNS = {"darts-cell": _fixed_architecture, "conv4": _fixed_architecture, "pretrained-supernet": _pretrained_darts}
 # Rows that adapt checkpoints meta-trained with configs/variants/*.json, all at the same, shorter
 # meta-training budget, so they compare with the "base" variant rather than the default prior.
 METHODS.update({
@@ -381,6 +394,7 @@ METHODS.update({
     for name, description in {
         "base": "BASE meta-trained at the variants' budget",
         "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
+        "conv4": "4-layer convolutional network meta-learned by the same outer loop",
         "second-order": "BASE meta-trained with second-order meta-gradients",
         "reptile": "BASE meta-trained with Reptile",
         "no-architecture-kl": "BASE meta-trained without the architecture KL",

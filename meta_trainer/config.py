@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from archadapt.config import InnerLoopConfig, check_choice, check_range
+from archadapt.conv4 import ARCHITECTURES, DEFAULT_CHANNELS, check_input_size
 from archadapt.errors import ConfigError
 from archadapt.genotype import Genotype
 from archadapt.search_space import InputSpec, SearchSpace
@@ -55,9 +56,15 @@ class MetaTrainConfig:
     # A genotype in its JSON form that fixes the architecture, so that only the weights are
     # meta-learned (the fixed-architecture baseline); None searches the whole space.
     fixed_genotype: dict | None = None
+    # "supernet" searches architectures. "conv4" meta-learns the weights of MAML's 4-layer
+    # convolutional network instead (the fixed-architecture baseline of meta-learning).
+    architecture: str = "supernet"
+    conv4_channels: int = DEFAULT_CHANNELS  # filters per convolution of conv4 (unused by the supernet)
 
     def __post_init__(self) -> None:
         check_choice("meta_gradient", self.meta_gradient, META_GRADIENTS)
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        check_range("conv4_channels", self.conv4_channels, 1, 1024)
         check_range("meta_lr", self.meta_lr, 0.0, 10.0)
         check_range("meta_lr_alpha", self.meta_lr_alpha, 0.0, 10.0)
         check_range("meta_batch_size", self.meta_batch_size, 1, 10_000)
@@ -66,6 +73,15 @@ class MetaTrainConfig:
         check_range("val_tasks", self.val_tasks, 1, 100_000)
         check_range("checkpoint_interval", self.checkpoint_interval, 1, 10_000_000)
         check_range("max_wall_minutes", self.max_wall_minutes, 0.0, 1e6)
+        if self.architecture == "conv4":
+            if self.fixed_genotype is not None:
+                raise ConfigError("fixed_genotype fixes a cell of the supernet, so it needs architecture 'supernet', not 'conv4'")
+            if self.meta_lr_alpha != 0 or self.inner.inner_lr_alpha != 0:
+                raise ConfigError(
+                    f"architecture 'conv4' needs frozen alpha logits, but meta_lr_alpha is {self.meta_lr_alpha} and "
+                    f"inner.inner_lr_alpha is {self.inner.inner_lr_alpha}; set both to 0"
+                )
+            check_input_size(self.input_spec)
         if self.fixed_genotype is not None:
             Genotype.from_dict(self.fixed_genotype).validate(self.search_space)
             if self.meta_lr_alpha != 0 or self.inner.inner_lr_alpha != 0:

@@ -12,10 +12,19 @@ CARD_FILE = "MODEL_CARD.md"
 
 def write_model_card(checkpoint: Checkpoint, directory: Path, command: str) -> Path:
     state = checkpoint.state
+    if checkpoint.architecture == "conv4":
+        summary = (
+            f"A meta-learned prior over the weights of MAML's 4-layer convolutional network "
+            f"({checkpoint.conv4_channels} channels), a fixed-architecture baseline that the server does not serve."
+        )
+        network = "the adapted conv4 network"
+    else:
+        summary = "A meta-learned prior over DARTS cell architectures and supernet weights (BASE)."
+        network = "the supernet under the most probable architecture of q(alpha)"
     lines = [
         f"# Checkpoint `{checkpoint.checkpoint_id}`",
         "",
-        "A meta-learned prior over DARTS cell architectures and supernet weights (BASE).",
+        summary,
         "",
         "## Data",
         "",
@@ -33,8 +42,8 @@ def write_model_card(checkpoint: Checkpoint, directory: Path, command: str) -> P
         "",
         "## Accuracy",
         "",
-        "Query accuracy after the meta-training inner loop, with the supernet under the most",
-        "probable architecture of q(alpha); mean over tasks with a 95% confidence interval.",
+        f"Query accuracy after the meta-training inner loop, with {network};",
+        "mean over tasks with a 95% confidence interval.",
         "",
         "| setting | accuracy | tasks |",
         "|---|---|---|",

@@ -25,7 +25,8 @@ from torch import nn
 
 import archadapt
 from archadapt.checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint, load_extra_tensors, save_checkpoint
-from archadapt.config import to_dict
+from archadapt.config import from_dict, to_dict
+from archadapt.conv4 import Conv4
 from archadapt.derivation import genotype_logits
 from archadapt.genotype import Genotype
 from archadapt.inner_loop import Prior, run_inner_loop
@@ -131,6 +132,18 @@ def restore_optimizer(optimizer: torch.optim.Adam, supernet: Supernet, tensors: 
             }
 
 
+def is_same_config(recorded: dict, config: MetaTrainConfig) -> bool:
+    """Return whether a checkpoint's recorded config equals `config`.
+
+    Fields added to MetaTrainConfig after the checkpoint was written take their defaults, so a run
+    started before a new field existed still resumes.
+    """
+    try:
+        return from_dict(MetaTrainConfig, recorded) == config
+    except (ValueError, TypeError):  # ConfigError is a ValueError
+        return False
+
+
 def code_version() -> str:
     try:
         return subprocess.run(
@@ -176,7 +189,12 @@ class MetaTrainer:
         self.val_sampler = EpisodeSampler(val_bank, 2, min(20, val_bank.num_classes), 1, 10, tasks.query_per_class, augment=False)
 
         torch.manual_seed(config.seed)
-        self.supernet = Supernet(config.search_space, config.input_spec)
+        # With architecture "conv4" the supernet's place goes to MAML's network, whose frozen alpha
+        # logits make the architecture terms of the loops zero, so that only its weights are learned.
+        if config.architecture == "conv4":
+            self.supernet = Conv4(config.search_space, config.input_spec, config.conv4_channels)
+        else:
+            self.supernet = Supernet(config.search_space, config.input_spec)
         if config.fixed_genotype is not None:
             logits = genotype_logits(config.search_space, Genotype.from_dict(config.fixed_genotype))
             with torch.no_grad():
@@ -199,7 +217,7 @@ class MetaTrainer:
                 self.output_dir, source,
             )
         checkpoint = load_checkpoint(source, self.device)
-        if checkpoint.config != to_dict(self.config):
+        if not is_same_config(checkpoint.config, self.config):
             raise ValueError(
                 f"checkpoint in {self.output_dir} was made with another config; "
                 "pass the same config or choose another output directory"
@@ -237,6 +255,8 @@ class MetaTrainer:
             },
             metrics=self.metrics,
             state={"step": self.state.step, "wall_seconds": self.state.wall_seconds, "tasks_seen": self.state.tasks_seen},
+            architecture=self.config.architecture,
+            conv4_channels=self.config.conv4_channels,
         )
         save_checkpoint(checkpoint, self.output_dir, optimizer_tensors(self.optimizer, self.supernet))
         logger.info("saved checkpoint %s at step %d", self.output_dir, self.state.step)

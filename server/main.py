@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         checkpoint = load_checkpoint(args.checkpoint, device="cpu")
+        checkpoint.check_supernet()
     except CheckpointError as error:
         logger.error("cannot load checkpoint: %s", error)
         return 2
