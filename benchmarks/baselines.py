@@ -360,6 +360,16 @@ def _pretrained_darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: 
     )
 
 
+def _conv4_from_scratch(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
+    """MAML's 4-layer network at its usual 64 channels, trained on the task from random weights."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network = Conv4Network(checkpoint.spec, 64, task.way)
+    started = time.perf_counter()
+    finetune(network, task.support_images, task.support_labels, budget.serving().finetune, generator)
+    return describe(network, checkpoint.spec, task, 0.0, time.perf_counter() - started, "conv4")
+
+
 def _scratch_weights(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
     return adapt_from_prior(checkpoint, task, budget.serving(), seed, inherit=False)
 
@@ -377,6 +387,7 @@ METHODS: dict[str, Method] = {
     "random-genotype": Method("random genotype with meta-learned weights", _random_genotype, True),
     "darts-from-scratch": Method("first-order DARTS from scratch on the task", _darts, False, slow=True),
     "logistic-regression": Method("logistic regression on raw pixels", lambda c, t, b, s: logistic_regression(t), False),
+    "conv4-from-scratch": Method("4-layer convolutional network trained from random weights", _conv4_from_scratch, False),
     # Serving-time ablations of BASE.
     "soft-sampling": Method("BASE with soft Gumbel-Softmax in the inner loop", _inner_variant(sampling="soft"), True, slow=True),
     "constant-temperature": Method("BASE with temperature 1.0 throughout", _inner_variant(temperature_end=1.0), True, slow=True),
@@ -400,9 +411,15 @@ METHODS.update({
         "no-architecture-kl": "BASE meta-trained without the architecture KL",
         "no-weight-kl": "BASE meta-trained without the weight KL",
         "pretrained-supernet": "a supernet trained on the meta_train tasks without an inner loop, then DARTS on the task",
+        "meta-lr-alpha-0.03": "BASE meta-trained with alpha logits' learning rate 0.03 instead of 0.003",
+        "meta-lr-alpha-0.1": "BASE meta-trained with alpha logits' learning rate 0.1 instead of 0.003",
+        "meta-lr-0.003": "BASE meta-trained with weights' learning rate 0.003 instead of 0.001",
+        "channels-24": "BASE meta-trained on a search space of 24 channels instead of 12",
     }.items()
 })
-HEADLINE = ("base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression")
+HEADLINE = (
+    "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",
+)
 
 
 def load_results(path: Path) -> dict[tuple, dict]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from archadapt.conv4 import Conv4Network
 from archadapt.config import FinetuneConfig, InnerLoopConfig, load_json
 from archadapt.derivation import derive_genotype, genotype_logits
 from archadapt.errors import ConfigError
 from archadapt.genotype import Genotype
+from archadapt.network import count_parameters
 from archadapt.posterior import op_probs
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import Supernet, sample_op_weights
@@ -22,7 +25,7 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import Task, darts_from_scratch, random_genotype, split_halves
+from baselines import METHODS, Budget, Task, darts_from_scratch, random_genotype, split_halves
 from meta_train_runs import make_bank
 
 SPACE = SearchSpace(nodes=4)
@@ -148,5 +151,23 @@ def test_darts_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squa
 def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
     default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
-    assert config.search_space == default.search_space
+    # The width variant differs from the default search space in its channels alone.
+    assert dataclasses.replace(config.search_space, channels=default.search_space.channels) == default.search_space
+    assert (config.search_space.channels != default.search_space.channels) == path.stem.startswith("channels-")
     assert config.input_spec == default.input_spec
+    assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
+
+
+def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares) -> None:
+    support_images, support_labels = corner_squares(4, seed=0)
+    task = Task(support_images, support_labels, *corner_squares(6, seed=1), int(support_labels.max()) + 1)
+    checkpoint = SimpleNamespace(spec=tiny_spec)
+    method = METHODS["conv4-from-scratch"]
+    assert not method.uses_meta_training
+    assert not method.slow
+    untrained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=0), 0)
+    trained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=60), 0)
+    assert trained.genotype == "conv4"
+    assert trained.parameters == count_parameters(Conv4Network(tiny_spec, 64, task.way))
+    assert trained.accuracy >= 0.9
+    assert trained.accuracy > untrained.accuracy
