@@ -219,7 +219,8 @@ def adapt_from_prior(
         network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, task.way)
         genotype_name = genotype.to_json()
     if inherit:
-        inherit_weights(network, posterior.parameters, posterior.head.weight, posterior.head.bias)
+        head = posterior.head
+        inherit_weights(network, posterior.parameters, config.head_scale * head.weight, config.head_scale * head.bias)
     finetune(network, task.support_images, task.support_labels, config.finetune, generator)
     return describe(network, checkpoint.spec, task, adapt_seconds, time.perf_counter() - started, genotype_name)
 
@@ -422,6 +423,18 @@ HEADLINE = (
 )
 
 
+def run_key_of(base_key: str, method: str, budget: Budget) -> str:
+    """Return the results key of `method`'s tasks under `base_key` (checkpoint and budget).
+
+    Rows that adapt a prior fine-tune its task head, scaled by the serving head_scale, so their
+    key names a scale other than 1 and a result made with another scale is not reused.
+    """
+    head_scale = budget.serving().head_scale
+    if METHODS[method].uses_meta_training and head_scale != 1.0:
+        return f"{base_key}/head{head_scale:g}"
+    return base_key
+
+
 def load_results(path: Path) -> dict[tuple, dict]:
     results = {}
     if path.exists():
@@ -465,7 +478,8 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
     ]
     for setting in settings:
         def rows_of(method: str) -> dict[int, dict]:
-            return {task: row for (run, s, m, task), row in results.items() if run == run_key and s == setting and m == method}
+            key = run_key_of(run_key, method, Budget(args.inner_steps, args.finetune_steps))
+            return {task: row for (run, s, m, task), row in results.items() if run == key and s == setting and m == method}
 
         lines += [f"### {setting}", "", "| method | accuracy | tasks | difference from reference | parameters | MACs | adapt s | fine-tune s | meta-training |", "|---|---|---|---|---|---|---|---|---|"]
         for method in methods:
@@ -541,12 +555,13 @@ def main() -> int:
                         if index >= (args.slow_tasks if METHODS[method].slow else args.tasks):
                             continue
                         done += 1
-                        key = (run_key, setting, method, index)
+                        method_key = run_key_of(run_key, method, budget)
+                        key = (method_key, setting, method, index)
                         if key in results:
                             continue
                         task = task or source.task(setting, index)
                         outcome = METHODS[method].run(checkpoints[METHODS[method].variant], task, budget, index)
-                        row = {"run": run_key, "setting": setting, "method": method, "task": index, **outcome.__dict__}
+                        row = {"run": method_key, "setting": setting, "method": method, "task": index, **outcome.__dict__}
                         results[key] = row
                         handle.write(json.dumps(row) + "\n")
                         handle.flush()

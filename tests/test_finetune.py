@@ -10,7 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from archadapt.config import FinetuneConfig
+from archadapt import adaptation
+from archadapt.adaptation import ServingConfig, TaskData
+from archadapt.checkpoint import Checkpoint
+from archadapt.config import FinetuneConfig, InnerLoopConfig
 from archadapt.derivation import derive_genotype
 from archadapt.errors import ConfigError
 from archadapt.finetune import finetune, mixup_loss
@@ -18,6 +21,7 @@ from archadapt.network import DerivedNetwork
 from archadapt.posterior import op_probs
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import ALPHA_NAMES, Supernet
+from tiny_checkpoint import SPEC
 
 NUM_CLASSES = 3
 BASE = FinetuneConfig(steps=30, lr=0.01, batch_size=12)
@@ -96,3 +100,37 @@ def test_mixup_loss_blends_both_labels(tiny_space: SearchSpace, tiny_spec: Input
 def test_config_rejects_bad_values(changes: dict, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         FinetuneConfig(**changes)
+
+
+def test_head_scale_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="head_scale is 2.0; allowed: 0.0 to 1.0"):
+        ServingConfig(head_scale=2.0)
+
+
+@pytest.mark.parametrize("head_scale", [1.0, 0.25])
+def test_adaptation_scales_inherited_head(checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch, head_scale: float) -> None:
+    captured: dict[str, torch.Tensor] = {}
+    run_inner_loop = adaptation.run_inner_loop
+
+    def recording_inner_loop(*args, **kwargs):
+        posterior = run_inner_loop(*args, **kwargs)
+        captured["head"] = posterior.head.weight.detach().clone()
+        return posterior
+
+    def recording_finetune(network, *args, **kwargs):
+        captured["start"] = network.classifier.weight.detach().clone()
+        return finetune(network, *args, **kwargs)
+
+    monkeypatch.setattr(adaptation, "run_inner_loop", recording_inner_loop)
+    monkeypatch.setattr(adaptation, "finetune", recording_finetune)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, SPEC.channels, SPEC.height, SPEC.width, generator=generator)
+    data = TaskData(images=images, labels=torch.arange(3).repeat_interleave(4), class_names=["a", "b", "c"])
+    config = ServingConfig(
+        inner=InnerLoopConfig(inner_steps=2, batch_size=16),
+        finetune=FinetuneConfig(steps=1, batch_size=16),
+        validation_fraction=0.0,
+        head_scale=head_scale,
+    )
+    adaptation.adapt_task(checkpoint, data, config)
+    torch.testing.assert_close(captured["start"], head_scale * captured["head"])
