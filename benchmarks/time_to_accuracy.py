@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTING = "fashion-10way-20shot"
 
 
+def result_key(method: str, steps: int, task: int, head_scale: float) -> tuple:
+    """Return the key of one finished task. BASE fine-tunes the scaled task head, DARTS does not."""
+    return (method, steps, task, head_scale if method == "base" else None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default", help="checkpoint directory")
@@ -60,7 +65,7 @@ def main() -> int:
     if args.results.exists():
         for line in args.results.read_text().splitlines():
             row = json.loads(line)
-            done[(row["method"], row["steps"], row["task"])] = row
+            done[result_key(row["method"], row["steps"], row["task"], row.get("head_scale", 1.0))] = row
 
     darts_search = args.multiple * serving.inner.inner_steps
     darts_train = args.multiple * serving.finetune.steps
@@ -69,7 +74,8 @@ def main() -> int:
         for index in range(args.tasks):
             task = source.task(SETTING, index)
             for method, steps in plan:
-                if (method, steps, index) in done:
+                key = result_key(method, steps, index, serving.head_scale)
+                if key in done:
                     continue
                 finetune_config = replace(serving.finetune, steps=steps)
                 cpu_started = time.process_time()
@@ -78,10 +84,10 @@ def main() -> int:
                 else:
                     outcome = adapt_from_prior(checkpoint, task, replace(serving, finetune=finetune_config), index)
                 row = {
-                    "method": method, "steps": steps, "task": index,
+                    "method": method, "steps": steps, "task": index, "head_scale": serving.head_scale,
                     "cpu_seconds": time.process_time() - cpu_started, **outcome.__dict__,
                 }
-                done[(method, steps, index)] = row
+                done[key] = row
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
                 print(
@@ -92,7 +98,7 @@ def main() -> int:
 
     def summary(method: str, steps: int) -> tuple[float, float, float, float]:
         """Return mean accuracy, its 95% half-width, mean wall seconds and mean CPU seconds."""
-        rows = [done[(method, steps, i)] for i in range(args.tasks)]
+        rows = [done[result_key(method, steps, i, serving.head_scale)] for i in range(args.tasks)]
         accuracy, ci = mean_ci([r["accuracy"] for r in rows])
         wall = float(np.mean([r["adapt_seconds"] + r["finetune_seconds"] for r in rows]))
         return accuracy, ci, wall, float(np.mean([r["cpu_seconds"] for r in rows]))

@@ -171,3 +171,19 @@ def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares) -> None:
     assert trained.parameters == count_parameters(Conv4Network(tiny_spec, 64, task.way))
     assert trained.accuracy >= 0.9
     assert trained.accuracy > untrained.accuracy
+
+
+def test_time_to_accuracy_keys_base_by_head_scale() -> None:
+    from time_to_accuracy import result_key
+
+    assert result_key("base", 300, 0, 0.1) != result_key("base", 300, 0, 1.0)
+    assert result_key("darts", 3000, 0, 0.1) == result_key("darts", 3000, 0, 1.0)
+
+
+def test_baseline_rows_key_by_head_scale() -> None:
+    from baselines import run_key_of
+
+    budget = Budget(inner_steps=10, finetune_steps=100)
+    assert budget.serving().head_scale == 0.1
+    assert run_key_of("prior/inner10/finetune100", "base", budget) == "prior/inner10/finetune100/head0.1"
+    assert run_key_of("prior/inner10/finetune100", "darts-from-scratch", budget) == "prior/inner10/finetune100"
