@@ -73,9 +73,9 @@ class ServingConfig:
     top_genotypes: int = 5  # most probable genotypes listed in the result
     # Factor on the adapted task head before fine-tuning. The Proto-MAML head, after the inner
     # loop, fits the support set with confident logits, so cross-entropy passes little gradient
-    # to the inherited body. Over 3 tasks each, with 100 fine-tuning steps, factor 0.1 raised
-    # glyph 20-way 5-shot from 89.8% to 93.2% and kept 5-way 1-shot at 67.3%; 0.3 and 0.03
-    # gained less (docs/benchmarks.md).
+    # to the inherited body. With factor 0.1 the lead of BASE's genotype trained from random
+    # weights over the inherited weights fell from 5.2 to 1.8 points on glyph 20-way 5-shot and
+    # from 3.9 to 2.0 on Fashion-MNIST 10-way 20-shot (docs/benchmarks.md, 100 fine-tuning steps).
     head_scale: float = 0.1
 
     def __post_init__(self) -> None:
