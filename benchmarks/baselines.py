@@ -41,7 +41,7 @@ from torch import nn
 from archadapt.adaptation import ServingConfig
 from archadapt.checkpoint import Checkpoint, load_checkpoint
 from archadapt.config import FinetuneConfig
-from archadapt.conv4 import Conv4Network
+from archadapt.conv4 import DEFAULT_CHANNELS, Conv4Network
 from archadapt.derivation import derive_genotype
 from archadapt.finetune import finetune
 from archadapt.genotype import Genotype
@@ -362,10 +362,10 @@ def _pretrained_darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: 
 
 
 def _conv4_from_scratch(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
-    """MAML's 4-layer network at its usual 64 channels, trained on the task from random weights."""
+    """Train MAML's 4-layer network, at its Omniglot width, on the task from random weights."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    network = Conv4Network(checkpoint.spec, 64, task.way)
+    network = Conv4Network(checkpoint.spec, DEFAULT_CHANNELS, task.way)
     started = time.perf_counter()
     finetune(network, task.support_images, task.support_labels, budget.serving().finetune, generator)
     return describe(network, checkpoint.spec, task, 0.0, time.perf_counter() - started, "conv4")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from archadapt.conv4 import Conv4Network
+from archadapt.conv4 import DEFAULT_CHANNELS, Conv4Network
 from archadapt.config import FinetuneConfig, InnerLoopConfig, load_json
 from archadapt.derivation import derive_genotype, genotype_logits
 from archadapt.errors import ConfigError
@@ -168,7 +168,7 @@ def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares) -> None:
     untrained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=0), 0)
     trained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=60), 0)
     assert trained.genotype == "conv4"
-    assert trained.parameters == count_parameters(Conv4Network(tiny_spec, 64, task.way))
+    assert trained.parameters == count_parameters(Conv4Network(tiny_spec, DEFAULT_CHANNELS, task.way))
     assert trained.accuracy >= 0.9
     assert trained.accuracy > untrained.accuracy
 
