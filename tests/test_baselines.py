@@ -158,17 +158,18 @@ def test_variant_configs_load(path: Path) -> None:
     assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
 
 
-def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares) -> None:
+@pytest.mark.parametrize(("name", "channels"), [("conv4-from-scratch", DEFAULT_CHANNELS), ("conv4-48-from-scratch", 48)])
+def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares, name: str, channels: int) -> None:
     support_images, support_labels = corner_squares(4, seed=0)
     task = Task(support_images, support_labels, *corner_squares(6, seed=1), int(support_labels.max()) + 1)
     checkpoint = SimpleNamespace(spec=tiny_spec)
-    method = METHODS["conv4-from-scratch"]
+    method = METHODS[name]
     assert not method.uses_meta_training
     assert not method.slow
     untrained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=0), 0)
     trained = method.run(checkpoint, task, Budget(inner_steps=0, finetune_steps=60), 0)
     assert trained.genotype == "conv4"
-    assert trained.parameters == count_parameters(Conv4Network(tiny_spec, DEFAULT_CHANNELS, task.way))
+    assert trained.parameters == count_parameters(Conv4Network(tiny_spec, channels, task.way))
     assert trained.accuracy >= 0.9
     assert trained.accuracy > untrained.accuracy
 
