@@ -75,7 +75,7 @@ class ServingConfig:
     # loop, fits the support set with confident logits, so cross-entropy passes little gradient
     # to the inherited body. With factor 0.1 the lead of BASE's genotype trained from random
     # weights over the inherited weights fell from 5.2 to 1.8 points on glyph 20-way 5-shot and
-    # from 3.9 to 2.0 on Fashion-MNIST 10-way 20-shot (docs/benchmarks.md, 100 fine-tuning steps).
+    # from 3.9 to 2.0 on Fashion-MNIST 10-way 20-shot (3 tasks each, 100 fine-tuning steps, docs/benchmarks.md).
     head_scale: float = 0.1
 
     def __post_init__(self) -> None:

@@ -362,13 +362,14 @@ def _pretrained_darts(checkpoint: Checkpoint, task: Task, budget: Budget, seed: 
 
 
 # Width of the conv4 row sized to BASE: 63,269 to 64,004 parameters at 5 to 20 ways, below the
-# mean of 65,000 to 73,000 per setting of the networks BASE derives from the default checkpoint.
+# per-setting means of 65,908 to 70,999 of the networks BASE derives from the default checkpoint.
 SMALL_CONV4_CHANNELS = 48
 
 
 def _conv4_from_scratch(channels: int) -> Callable[[Checkpoint, Task, Budget, int], Outcome]:
+    """Return a row that trains MAML's 4-layer network, `channels` filters per layer, from random weights."""
+
     def run(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
-        """Train MAML's 4-layer network with `channels` filters per layer on the task from random weights."""
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         network = Conv4Network(checkpoint.spec, channels, task.way)

@@ -25,7 +25,7 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import METHODS, Budget, Task, darts_from_scratch, random_genotype, split_halves
+from baselines import METHODS, SMALL_CONV4_CHANNELS, Budget, Task, darts_from_scratch, random_genotype, split_halves
 from meta_train_runs import make_bank
 
 SPACE = SearchSpace(nodes=4)
@@ -158,7 +158,9 @@ def test_variant_configs_load(path: Path) -> None:
     assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
 
 
-@pytest.mark.parametrize(("name", "channels"), [("conv4-from-scratch", DEFAULT_CHANNELS), ("conv4-48-from-scratch", 48)])
+@pytest.mark.parametrize(
+    ("name", "channels"), [("conv4-from-scratch", DEFAULT_CHANNELS), ("conv4-48-from-scratch", SMALL_CONV4_CHANNELS)]
+)
 def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares, name: str, channels: int) -> None:
     support_images, support_labels = corner_squares(4, seed=0)
     task = Task(support_images, support_labels, *corner_squares(6, seed=1), int(support_labels.max()) + 1)
