@@ -330,6 +330,8 @@ class Method:
     # Name of the meta-training variant (configs/variants/NAME.json) whose checkpoint, in
     # --variants-dir/NAME, the row adapts. None adapts the checkpoint given by --checkpoint.
     variant: str | None = None
+    # Row whose tasks the difference column is paired with: one meta-trained with the same budget.
+    reference: str = "base"
 
 
 def _with_inner(budget: Budget, **changes) -> ServingConfig:
@@ -412,24 +414,37 @@ METHODS: dict[str, Method] = {
     "scratch-weights": Method("BASE's genotype trained from random weights", _scratch_weights, True, slow=True),
 }
 VARIANT_RUNS = {"darts-cell": _fixed_architecture, "conv4": _fixed_architecture, "pretrained-supernet": _pretrained_darts}
-# Rows that adapt checkpoints meta-trained with configs/variants/*.json, all at the same, shorter
-# meta-training budget, so they compare with the "base" variant rather than the default prior.
+# Rows that adapt checkpoints meta-trained with configs/variants/*.json. Most are meta-trained
+# for 60 outer steps and compare with the "base" variant, trained for as long. The "-full" rows
+# are meta-trained with the default prior's budget (configs/default.json: 800 outer steps or 60
+# minutes, whichever ends first), so they compare with BASE.
+SHORT_VARIANTS = {
+    "base": "BASE meta-trained at the variants' budget",
+    "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
+    "conv4": "4-layer convolutional network meta-learned by the same outer loop",
+    "second-order": "BASE meta-trained with second-order meta-gradients",
+    "reptile": "BASE meta-trained with Reptile",
+    "no-architecture-kl": "BASE meta-trained without the architecture KL",
+    "no-weight-kl": "BASE meta-trained without the weight KL",
+    "pretrained-supernet": "a supernet trained on the meta_train tasks without an inner loop, then DARTS on the task",
+    "meta-lr-alpha-0.03": "BASE meta-trained with alpha logits' learning rate 0.03 instead of 0.003",
+    "meta-lr-alpha-0.1": "BASE meta-trained with alpha logits' learning rate 0.1 instead of 0.003",
+    "meta-lr-0.003": "BASE meta-trained with weights' learning rate 0.003 instead of 0.001",
+    "channels-24": "BASE meta-trained on a search space of 24 channels instead of 12",
+}
 METHODS.update({
-    f"variant-{name}": Method(description, VARIANT_RUNS.get(name, _base), True, slow=True, variant=name)
-    for name, description in {
-        "base": "BASE meta-trained at the variants' budget",
-        "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
-        "conv4": "4-layer convolutional network meta-learned by the same outer loop",
-        "second-order": "BASE meta-trained with second-order meta-gradients",
-        "reptile": "BASE meta-trained with Reptile",
-        "no-architecture-kl": "BASE meta-trained without the architecture KL",
-        "no-weight-kl": "BASE meta-trained without the weight KL",
-        "pretrained-supernet": "a supernet trained on the meta_train tasks without an inner loop, then DARTS on the task",
-        "meta-lr-alpha-0.03": "BASE meta-trained with alpha logits' learning rate 0.03 instead of 0.003",
-        "meta-lr-alpha-0.1": "BASE meta-trained with alpha logits' learning rate 0.1 instead of 0.003",
-        "meta-lr-0.003": "BASE meta-trained with weights' learning rate 0.003 instead of 0.001",
-        "channels-24": "BASE meta-trained on a search space of 24 channels instead of 12",
-    }.items()
+    f"variant-{name}": Method(
+        description, VARIANT_RUNS.get(name, _base), True, slow=True, variant=name,
+        reference="base" if name == "base" else "variant-base",
+    )
+    for name, description in SHORT_VARIANTS.items()
+})
+METHODS.update({
+    f"variant-{name}-full": Method(
+        f"{SHORT_VARIANTS[name]}, meta-trained as long as BASE", VARIANT_RUNS[name], True,
+        slow=name == "pretrained-supernet", variant=f"{name}-full",
+    )
+    for name in VARIANT_RUNS
 })
 HEADLINE = (
     "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",
@@ -437,16 +452,24 @@ HEADLINE = (
 )
 
 
-def run_key_of(base_key: str, method: str, budget: Budget) -> str:
+def run_key_of(base_key: str, method: str, budget: Budget, checkpoints: dict[str | None, Checkpoint] | None = None) -> str:
     """Return the results key of `method`'s tasks under `base_key` (checkpoint and budget).
 
     Rows that adapt a prior fine-tune its task head, scaled by the serving head_scale, so their
-    key names a scale other than 1 and a result made with another scale is not reused.
+    key names a scale other than 1 and a result made with another scale is not reused. A variant
+    row's key also names its checkpoint, taken from `checkpoints`, so a variant meta-trained again
+    for longer does not reuse the tasks of the shorter run.
     """
+    key = base_key
     head_scale = budget.serving().head_scale
     if METHODS[method].uses_meta_training and head_scale != 1.0:
-        return f"{base_key}/head{head_scale:g}"
-    return base_key
+        key = f"{key}/head{head_scale:g}"
+    variant = METHODS[method].variant
+    if variant is not None:
+        if checkpoints is None or variant not in checkpoints:
+            raise ValueError(f"row {method} adapts the variant checkpoint {variant!r}; pass it in checkpoints")
+        key = f"{key}/{variant}@{checkpoints[variant].checkpoint_id}"
+    return key
 
 
 def load_results(path: Path) -> dict[tuple, dict]:
@@ -457,12 +480,6 @@ def load_results(path: Path) -> dict[tuple, dict]:
                 row = json.loads(line)
                 results[(row["run"], row["setting"], row["method"], row["task"])] = row
     return results
-
-
-def reference_of(method: str) -> str:
-    """Return the row that `method` is compared with: the base variant for other variants, else BASE."""
-    variant = METHODS[method].variant
-    return "variant-base" if variant not in (None, "base") else "base"
 
 
 def meta_training_cost(checkpoint: Checkpoint) -> str:
@@ -486,13 +503,14 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "checkpoints trained with `configs/variants/NAME.json`.",
         "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
         "difference from the reference row on the tasks both ran, with its 95% interval. The reference "
-        "is BASE, except for variant rows other than the base variant, whose reference is the base "
-        "variant (the same meta-training budget).",
+        "is BASE, except for the variants meta-trained for 60 outer steps, whose reference is the base "
+        "variant (the same meta-training budget). Variants named \"meta-trained as long as BASE\" had "
+        "the default prior's budget.",
         "",
     ]
     for setting in settings:
         def rows_of(method: str) -> dict[int, dict]:
-            key = run_key_of(run_key, method, Budget(args.inner_steps, args.finetune_steps))
+            key = run_key_of(run_key, method, Budget(args.inner_steps, args.finetune_steps), checkpoints)
             return {task: row for (run, s, m, task), row in results.items() if run == key and s == setting and m == method}
 
         lines += [f"### {setting}", "", "| method | accuracy | tasks | difference from reference | parameters | MACs | adapt s | fine-tune s | meta-training |", "|---|---|---|---|---|---|---|---|---|"]
@@ -501,7 +519,7 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
             if not rows:
                 continue
             accuracy, ci = mean_ci([r["accuracy"] for r in rows])
-            reference = rows_of(reference_of(method))
+            reference = rows_of(METHODS[method].reference)
             paired = [r["accuracy"] - reference[r["task"]]["accuracy"] for r in rows if r["task"] in reference]
             if method == "base" or len(paired) < 2:
                 difference = "-"
@@ -538,7 +556,7 @@ def main() -> int:
 
     checkpoint = load_checkpoint(args.checkpoint)
     checkpoints: dict[str | None, Checkpoint] = {None: checkpoint}
-    for method in args.methods:
+    for method in {m for name in args.methods for m in (name, METHODS[name].reference)}:
         variant = METHODS[method].variant
         if variant is not None and variant not in checkpoints:
             directory = args.variants_dir / variant
@@ -569,7 +587,7 @@ def main() -> int:
                         if index >= (args.slow_tasks if METHODS[method].slow else args.tasks):
                             continue
                         done += 1
-                        method_key = run_key_of(run_key, method, budget)
+                        method_key = run_key_of(run_key, method, budget, checkpoints)
                         key = (method_key, setting, method, index)
                         if key in results:
                             continue

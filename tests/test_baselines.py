@@ -190,3 +190,18 @@ def test_baseline_rows_key_by_head_scale() -> None:
     assert budget.serving().head_scale == 0.1
     assert run_key_of("prior/inner10/finetune100", "base", budget) == "prior/inner10/finetune100/head0.1"
     assert run_key_of("prior/inner10/finetune100", "darts-from-scratch", budget) == "prior/inner10/finetune100"
+
+
+def test_variant_rows_key_by_their_checkpoint() -> None:
+    from types import SimpleNamespace
+
+    from baselines import run_key_of
+
+    budget = Budget(inner_steps=10, finetune_steps=100)
+    short = {"conv4": SimpleNamespace(checkpoint_id="glyphs-0-step60")}
+    full = {"conv4": SimpleNamespace(checkpoint_id="glyphs-0-step800")}
+    key = run_key_of("prior/inner10/finetune100", "variant-conv4", budget, short)
+    assert key == "prior/inner10/finetune100/head0.1/conv4@glyphs-0-step60"
+    assert run_key_of("prior/inner10/finetune100", "variant-conv4", budget, full) != key
+    with pytest.raises(ValueError, match="variant checkpoint 'conv4'"):
+        run_key_of("prior/inner10/finetune100", "variant-conv4", budget)

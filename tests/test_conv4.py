@@ -25,7 +25,7 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import METHODS, Budget, Task, reference_of
+from baselines import METHODS, Budget, Task
 from meta_train_runs import make_bank
 
 CHANNELS = 8
@@ -203,7 +203,9 @@ def test_variant_conv4_row_runs(tiny_space: SearchSpace, tiny_spec: InputSpec, c
     task = Task(support_images, support_labels, *corner_squares(4, seed=1), int(support_labels.max()) + 1)
     method = METHODS["variant-conv4"]
     assert method.variant == "conv4"
-    assert reference_of("variant-conv4") == "variant-base"
+    assert method.reference == "variant-base"
+    assert METHODS["variant-conv4-full"].variant == "conv4-full"
+    assert METHODS["variant-conv4-full"].reference == "base"
 
     outcome = method.run(conv4_checkpoint(tiny_space, tiny_spec), task, Budget(inner_steps=2, finetune_steps=3), 0)
     assert 0.0 <= outcome.accuracy <= 1.0
