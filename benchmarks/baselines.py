@@ -446,6 +446,12 @@ METHODS.update({
     )
     for name in VARIANT_RUNS
 })
+# BASE's serving-time adaptation of a prior whose weights were trained without an inner loop and
+# whose alpha logits stayed uniform: it separates the weight prior from the meta-learned alphas.
+METHODS["base-pretrained-prior"] = Method(
+    "BASE adapting the supernet trained without an inner loop, meta-trained as long as BASE", _base, True,
+    variant="pretrained-supernet-full",
+)
 HEADLINE = (
     "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",
     "conv4-48-from-scratch",

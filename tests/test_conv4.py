@@ -206,6 +206,7 @@ def test_variant_conv4_row_runs(tiny_space: SearchSpace, tiny_spec: InputSpec, c
     assert method.reference == "variant-base"
     assert METHODS["variant-conv4-full"].variant == "conv4-full"
     assert METHODS["variant-conv4-full"].reference == "base"
+    assert METHODS["base-pretrained-prior"].variant == "pretrained-supernet-full"
 
     outcome = method.run(conv4_checkpoint(tiny_space, tiny_spec), task, Budget(inner_steps=2, finetune_steps=3), 0)
     assert 0.0 <= outcome.accuracy <= 1.0
