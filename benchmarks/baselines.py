@@ -441,7 +441,7 @@ METHODS.update({
 })
 METHODS.update({
     f"variant-{name}-full": Method(
-        f"{SHORT_VARIANTS[name]}, meta-trained as long as BASE", VARIANT_RUNS[name], True,
+        f"{SHORT_VARIANTS[name]}, with the default prior's meta-training budget", VARIANT_RUNS[name], True,
         slow=name == "pretrained-supernet", variant=f"{name}-full",
     )
     for name in VARIANT_RUNS
@@ -449,7 +449,7 @@ METHODS.update({
 # BASE's serving-time adaptation of a prior whose weights were trained without an inner loop and
 # whose alpha logits stayed uniform: it separates the weight prior from the meta-learned alphas.
 METHODS["base-pretrained-prior"] = Method(
-    "BASE adapting the supernet trained without an inner loop, meta-trained as long as BASE", _base, True,
+    "BASE adapting the supernet trained without an inner loop, with the default prior's meta-training budget", _base, True,
     variant="pretrained-supernet-full",
 )
 HEADLINE = (
@@ -510,8 +510,8 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
         "difference from the reference row on the tasks both ran, with its 95% interval. The reference "
         "is BASE, except for the variants meta-trained for 60 outer steps, whose reference is the base "
-        "variant (the same meta-training budget). Variants named \"meta-trained as long as BASE\" had "
-        "the default prior's budget.",
+        "variant (the same meta-training budget). Rows \"with the default prior's meta-training budget\" adapt "
+        "checkpoints trained with its limits (800 outer steps or 60 minutes, whichever ends first).",
         "",
     ]
     for setting in settings:
