@@ -330,7 +330,7 @@ class Method:
     # Name of the meta-training variant (configs/variants/NAME.json) whose checkpoint, in
     # --variants-dir/NAME, the row adapts. None adapts the checkpoint given by --checkpoint.
     variant: str | None = None
-    # Row whose tasks the difference column is paired with: one meta-trained with the same budget.
+    # Row that the difference column pairs each task with, normally one meta-trained with the same budget.
     reference: str = "base"
 
 
@@ -416,8 +416,8 @@ METHODS: dict[str, Method] = {
 VARIANT_RUNS = {"darts-cell": _fixed_architecture, "conv4": _fixed_architecture, "pretrained-supernet": _pretrained_darts}
 # Rows that adapt checkpoints meta-trained with configs/variants/*.json. Most are meta-trained
 # for 60 outer steps and compare with the "base" variant, trained for as long. The "-full" rows
-# are meta-trained with the default prior's budget (configs/default.json: 800 outer steps or 60
-# minutes, whichever ends first), so they compare with BASE.
+# get the limits of configs/default.json, 800 outer steps or 60 minutes, whichever ends first,
+# so they compare with BASE.
 SHORT_VARIANTS = {
     "base": "BASE meta-trained at the variants' budget",
     "darts-cell": "the DARTS (V2) cell, weights meta-learned by the same outer loop",
@@ -447,7 +447,7 @@ METHODS.update({
     for name in VARIANT_RUNS
 })
 # BASE's serving-time adaptation of a prior whose weights were trained without an inner loop and
-# whose alpha logits stayed uniform: it separates the weight prior from the meta-learned alphas.
+# whose alpha logits stayed uniform, so the row separates the weight prior from the meta-learned alphas.
 METHODS["base-pretrained-prior"] = Method(
     "BASE adapting the supernet trained without an inner loop, with the default prior's meta-training budget", _base, True,
     variant="pretrained-supernet-full",
@@ -473,7 +473,10 @@ def run_key_of(base_key: str, method: str, budget: Budget, checkpoints: dict[str
     variant = METHODS[method].variant
     if variant is not None:
         if checkpoints is None or variant not in checkpoints:
-            raise ValueError(f"row {method} adapts the variant checkpoint {variant!r}; pass it in checkpoints")
+            raise ValueError(
+                f"row {method} adapts the variant checkpoint {variant!r}, which is missing from checkpoints. "
+                f"Load it with load_checkpoint and pass it under the key {variant!r}"
+            )
         key = f"{key}/{variant}@{checkpoints[variant].checkpoint_id}"
     return key
 
@@ -562,7 +565,8 @@ def main() -> int:
 
     checkpoint = load_checkpoint(args.checkpoint)
     checkpoints: dict[str | None, Checkpoint] = {None: checkpoint}
-    for method in {m for name in args.methods for m in (name, METHODS[name].reference)}:
+    references = {METHODS[method].reference for method in args.methods}
+    for method in set(args.methods) | references:
         variant = METHODS[method].variant
         if variant is not None and variant not in checkpoints:
             directory = args.variants_dir / variant
