@@ -70,6 +70,8 @@ def primitive_cost(primitive: str, channels: int, stride: int, out_pixels: int) 
     if primitive == "skip_connect":  # FactorizedReduce(c, c): two 1x1 convolutions to c / 2 channels
         return Cost(c * c, c * c * out_pixels)
     kernel = int(primitive[-1])
+    if primitive.startswith("conv_"):  # ReLUConvBN: one convolution over every channel
+        return Cost(kernel * kernel * c * c, kernel * kernel * c * c * out_pixels)
     depthwise_and_pointwise = kernel * kernel * c + c * c
     if primitive.startswith("dil_conv"):
         return Cost(depthwise_and_pointwise, depthwise_and_pointwise * out_pixels)

@@ -1,4 +1,4 @@
-"""The primitives of the DARTS space as modules, built through one registry.
+"""The primitives of the search space as modules, built through one registry.
 
 Every constructor takes (channels, stride, track_running_stats). Batch normalization has no
 affine parameters, as in the DARTS search; the supernet uses batch statistics only
@@ -93,4 +93,5 @@ OPS: dict[str, OpConstructor] = {
     "sep_conv_5x5": lambda c, stride, track: SepConv(c, 5, stride, track),
     "dil_conv_3x3": lambda c, stride, track: DilConv(c, 3, stride, 2, track),
     "dil_conv_5x5": lambda c, stride, track: DilConv(c, 5, stride, 2, track),
+    "conv_3x3": lambda c, stride, track: ReLUConvBN(c, c, 3, stride, 1, track),
 }

@@ -3,7 +3,8 @@
 A network stacks `cells` cells of two types, `normal` and `reduce` (stride 2). A cell has two
 input nodes (the outputs of the two previous cells) and `nodes` intermediate nodes. Node i
 receives one edge from every earlier node, so a cell with 4 intermediate nodes has 14 edges.
-Each edge carries one primitive from PRIMITIVES.
+Each edge carries one primitive from PRIMITIVES, the DARTS set and the default, or from
+EXTRA_PRIMITIVES, which a search space may name too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
+
+# Primitives outside the DARTS set. `conv_3x3` is a plain 3x3 convolution over every channel,
+# the layer of the 4-layer network that meta-learning papers use as their baseline.
+EXTRA_PRIMITIVES: tuple[str, ...] = ("conv_3x3",)
+ALLOWED_PRIMITIVES: tuple[str, ...] = PRIMITIVES + EXTRA_PRIMITIVES
 
 CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
 
@@ -50,9 +56,11 @@ class SearchSpace:
     reduce_cells: tuple[int, ...] = (1, 3)
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.primitives if p not in PRIMITIVES]
+        unknown = [p for p in self.primitives if p not in ALLOWED_PRIMITIVES]
         if unknown:
-            raise ConfigError(f"unknown primitives {unknown}; allowed: {list(PRIMITIVES)}")
+            raise ConfigError(f"unknown primitives {unknown}; allowed: {list(ALLOWED_PRIMITIVES)}")
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ConfigError(f"primitives {list(self.primitives)} name one primitive twice; list each once")
         if "none" not in self.primitives or len(self.primitives) < 2:
             raise ConfigError(
                 f"primitives {list(self.primitives)} must contain 'none' and at least one other"

@@ -29,6 +29,8 @@ CASES = [
     (SearchSpace(channels=6, cells=2, reduce_cells=(0,)), InputSpec(), 3),
     (SearchSpace(channels=12, cells=3, reduce_cells=(0, 2)), InputSpec(), 10),
     (SearchSpace(channels=4, cells=5, reduce_cells=(1, 2), nodes=3), InputSpec(channels=3, height=17, width=13, mean=(0.5,) * 3, std=(0.5,) * 3), 5),
+    # A space with the plain 3x3 convolution beside DARTS primitives.
+    (SearchSpace(primitives=("none", "skip_connect", "max_pool_3x3", "conv_3x3", "sep_conv_3x3"), channels=8, cells=3, reduce_cells=(0, 2), nodes=2), InputSpec(), 7),
 ]
 
 

@@ -171,3 +171,28 @@ def test_derived_network_rejects_invalid_genotype() -> None:
     invalid = Genotype(normal=(("none", 0),) + genotype.normal[1:], reduce=genotype.reduce)
     with pytest.raises(ConfigError):
         DerivedNetwork(SPACE, SPEC, invalid, len(CLASS_NAMES))
+
+
+def test_plain_convolution_edges_export_and_match() -> None:
+    """A space with `conv_3x3` derives, inherits the supernet's weights and exports like the DARTS ones."""
+    space = SearchSpace(primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, cells=2, reduce_cells=(1,), nodes=2)
+    cell = (("conv_3x3", 0), ("conv_3x3", 1), ("max_pool_3x3", 0), ("conv_3x3", 2))
+    genotype = Genotype(normal=cell, reduce=cell)
+    torch.manual_seed(5)
+    supernet = Supernet(space, SPEC)
+    network = DerivedNetwork(space, SPEC, genotype, len(CLASS_NAMES))
+    head_weight = torch.randn(len(CLASS_NAMES), supernet.embedding_dim)
+    copied = inherit_weights(network, {n: t.detach() for n, t in supernet.named_parameters()}, head_weight, torch.zeros(len(CLASS_NAMES)))
+    assert copied == len(dict(network.named_parameters()))
+    assert any(name.endswith(".1.weight") and p.shape[-1] == 3 and p.shape[1] == 4 for name, p in network.named_parameters())
+
+    network.train()
+    with torch.no_grad():
+        network(images(6, seed=40))
+    network.eval()
+    model = export_onnx(network, SPEC, CLASS_NAMES, CHECKPOINT_ID, parity_images=images(4, 41))
+    session = onnxruntime.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    x = images(3, seed=42)
+    with torch.no_grad():
+        expected = network(x).numpy()
+    assert np.abs(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0] - expected).max() <= 1e-4

@@ -9,13 +9,13 @@ import torch
 
 from archadapt.errors import ConfigError
 from archadapt.operations import OPS
-from archadapt.search_space import PRIMITIVES, InputSpec, SearchSpace
+from archadapt.search_space import ALLOWED_PRIMITIVES, PRIMITIVES, InputSpec, SearchSpace
 
 CHANNELS = 4
 SIZES = (7, 8, 16)
 
 
-@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("primitive", ALLOWED_PRIMITIVES)
 @pytest.mark.parametrize("track", [False, True])
 def test_primitive_stride1_keeps_shape(primitive: str, track: bool) -> None:
     torch.manual_seed(0)
@@ -25,7 +25,7 @@ def test_primitive_stride1_keeps_shape(primitive: str, track: bool) -> None:
         assert op(x).shape == (3, CHANNELS, size, size + 1)
 
 
-@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("primitive", ALLOWED_PRIMITIVES)
 @pytest.mark.parametrize("track", [False, True])
 def test_primitive_stride2_halves_size(primitive: str, track: bool) -> None:
     torch.manual_seed(0)
@@ -37,7 +37,22 @@ def test_primitive_stride2_halves_size(primitive: str, track: bool) -> None:
 
 
 def test_ops_cover_every_primitive() -> None:
-    assert set(OPS) == set(PRIMITIVES)
+    assert set(OPS) == set(ALLOWED_PRIMITIVES)
+
+
+def test_default_primitives_are_the_darts_set() -> None:
+    assert SearchSpace().primitives == PRIMITIVES
+    assert "conv_3x3" not in PRIMITIVES
+
+
+def test_space_with_an_extra_primitive_round_trips() -> None:
+    space = SearchSpace(primitives=("none", "skip_connect", "conv_3x3"), nodes=2)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+def test_repeated_primitive_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="name one primitive twice"):
+        SearchSpace(primitives=("none", "conv_3x3", "conv_3x3"))
 
 
 def test_four_nodes_have_14_edges() -> None:
