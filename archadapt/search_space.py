@@ -54,6 +54,9 @@ class SearchSpace:
     cells: int = 4
     channels: int = 16
     reduce_cells: tuple[int, ...] = (1, 3)
+    # Whether the supernet may sample `none`. Derivation never picks `none`, so with False every
+    # sampled architecture gives every edge an operation, as a derived network does.
+    sample_none: bool = True
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.primitives if p not in ALLOWED_PRIMITIVES]
@@ -71,6 +74,8 @@ class SearchSpace:
             raise ConfigError(f"cells is {self.cells}; allowed: 1 to 20")
         if not 4 <= self.channels <= 256:
             raise ConfigError(f"channels is {self.channels}; allowed: 4 to 256")
+        if not isinstance(self.sample_none, bool):
+            raise ConfigError(f"sample_none is {self.sample_none!r}; use true or false")
         bad = [i for i in self.reduce_cells if not 0 <= i < self.cells]
         if bad or len(set(self.reduce_cells)) != len(self.reduce_cells):
             raise ConfigError(
@@ -108,11 +113,12 @@ class SearchSpace:
             "cells": self.cells,
             "channels": self.channels,
             "reduce_cells": list(self.reduce_cells),
+            "sample_none": self.sample_none,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
-        allowed = {"primitives", "nodes", "cells", "channels", "reduce_cells"}
+        allowed = {"primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"unknown search space keys {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -48,6 +48,16 @@ def sample_op_weights(
     return hard - soft.detach() + soft, index  # straight-through: forward is one-hot
 
 
+def without_none(alpha: torch.Tensor, space: SearchSpace) -> torch.Tensor:
+    """Return alpha logits (E, K) with `none` at -inf, so that sampling never draws it.
+
+    The `none` logit then gets no gradient from the loss; only the KL terms move it.
+    """
+    mask = torch.zeros(alpha.shape[-1], dtype=torch.bool, device=alpha.device)
+    mask[space.primitives.index("none")] = True
+    return alpha.masked_fill(mask, float("-inf"))
+
+
 class MixedOp(nn.Module):
     """All primitives of one edge, keyed by primitive name."""
 
@@ -119,6 +129,8 @@ class Supernet(nn.Module):
         """Embed images (B, C, H, W) in [0, 1] into (B, embedding_dim) under one sampled architecture."""
         samples = {}
         for cell_type, alpha in self.alphas().items():
+            if not self.space.sample_none:
+                alpha = without_none(alpha, self.space)
             weights, index = sample_op_weights(alpha, temperature, mode, generator)
             # NOTE: the host must know the sampled primitives to run only those, so on a GPU the
             # hard and mode samples wait here for the work queued before them.

@@ -44,6 +44,10 @@ class MetaTrainConfig:
     meta_gradient: str = "first_order"  # "first_order", "second_order" or "reptile"
     meta_lr: float = 1e-3  # Adam step size of the prior weights
     meta_lr_alpha: float = 3e-3  # Adam step size of the prior alpha logits
+    # Outer steps at the start in which the alpha logits stay fixed, so that the weights learn
+    # under near-uniform architectures before the alphas choose among primitives. Without it, a
+    # large meta_lr_alpha settles on `none` and pooling while every convolution is still untrained.
+    alpha_warmup_steps: int = 0
     meta_batch_size: int = 4  # tasks per outer step
     meta_steps: int = 1000  # outer steps
     val_interval: int = 50  # outer steps between meta_val evaluations
@@ -67,6 +71,7 @@ class MetaTrainConfig:
         check_range("conv4_channels", self.conv4_channels, 1, 1024)
         check_range("meta_lr", self.meta_lr, 0.0, 10.0)
         check_range("meta_lr_alpha", self.meta_lr_alpha, 0.0, 10.0)
+        check_range("alpha_warmup_steps", self.alpha_warmup_steps, 0, 10_000_000)
         check_range("meta_batch_size", self.meta_batch_size, 1, 10_000)
         check_range("meta_steps", self.meta_steps, 0, 10_000_000)
         check_range("val_interval", self.val_interval, 1, 10_000_000)

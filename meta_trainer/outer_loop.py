@@ -102,6 +102,9 @@ def _sum_optional(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tenso
     return a if b is None else a + b
 
 
+ALPHA_GROUP = 1  # index of the alpha logits' parameter group in make_optimizer's Adam
+
+
 def make_optimizer(supernet: Supernet, config: MetaTrainConfig) -> torch.optim.Adam:
     alphas = [p for n, p in supernet.named_parameters() if n in ALPHA_NAMES.values()]
     weights = [p for n, p in supernet.named_parameters() if n not in ALPHA_NAMES.values()]
@@ -323,6 +326,8 @@ class MetaTrainer:
             self.workers.sum_across_ranks(totals + [loss_sum])
             for total, parameter in zip(totals, parameters):
                 parameter.grad.copy_(total)
+            warming_up = self.state.step < config.alpha_warmup_steps
+            self.optimizer.param_groups[ALPHA_GROUP]["lr"] = 0.0 if warming_up else config.meta_lr_alpha
             self.optimizer.step()
             self.state.step += 1
             self.state.tasks_seen += config.meta_batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -222,3 +223,24 @@ def test_resume_rejects_other_config(finished_run) -> None:
     with pytest.raises(ValueError) as error:
         trainer.resume()
     assert "another config" in str(error.value)
+
+
+def test_alpha_warmup_holds_the_alphas_then_releases_them(tiny_space: SearchSpace, tiny_spec: InputSpec, tmp_path: Path) -> None:
+    config = make_config(
+        tiny_space, tiny_spec, "first_order", meta_steps=2, checkpoint_interval=1, val_interval=2, val_tasks=1,
+        meta_lr_alpha=0.1, alpha_warmup_steps=1,
+    )
+    trainer = MetaTrainer(config, tmp_path / "run", bank=make_bank(tiny_spec.height))
+    before = parameters_of(trainer)
+    trainer.config = replace(config, meta_steps=1)
+    trainer.train()
+    after_warmup = parameters_of(trainer)
+    for name in ALPHA_NAMES.values():
+        assert torch.equal(after_warmup[name], before[name]), name
+    assert any(not torch.equal(after_warmup[n], before[n]) for n in before if n not in ALPHA_NAMES.values())
+
+    trainer.config = config
+    trainer.train()
+    after = parameters_of(trainer)
+    for name in ALPHA_NAMES.values():
+        assert not torch.equal(after[name], after_warmup[name]), name

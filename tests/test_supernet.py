@@ -199,3 +199,36 @@ def test_modes_give_finite_embeddings(tiny_space: SearchSpace, tiny_spec: InputS
         embeddings = supernet(images(tiny_spec), mode=mode, generator=torch.Generator().manual_seed(3))
     assert embeddings.shape == (BATCH, supernet.embedding_dim)
     assert bool(torch.isfinite(embeddings).all())
+
+
+def test_space_without_none_samples_never_draw_it(tiny_spec: InputSpec) -> None:
+    space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4, sample_none=False)
+    supernet = make_supernet(space, tiny_spec)
+    none_index = space.primitives.index("none")
+    with torch.no_grad():
+        # `none` is the most probable primitive on every edge, so a sampler that ignored the
+        # setting would draw it often.
+        supernet.alpha_normal[:, none_index] = 3.0
+        supernet.alpha_reduce[:, none_index] = 3.0
+    for seed in range(20):
+        for mode in ("hard", "mode"):
+            recorder = OpCalls(supernet)
+            supernet(images(tiny_spec), mode=mode, generator=torch.Generator().manual_seed(seed))
+            recorder.remove()
+            executed = {primitive for (_, _, primitive) in recorder.calls}
+            assert "none" not in executed
+            assert executed
+
+
+def test_space_without_none_leaves_its_logit_without_loss_gradient(tiny_spec: InputSpec) -> None:
+    space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4, sample_none=False)
+    supernet = make_supernet(space, tiny_spec)
+    embeddings = supernet(images(tiny_spec), mode="hard", generator=torch.Generator().manual_seed(5))
+    direction = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(6))
+    (embeddings * direction).sum().backward()
+    none_index = space.primitives.index("none")
+    for name in ("alpha_normal", "alpha_reduce"):
+        grad = getattr(supernet, name).grad
+        assert bool(torch.isfinite(grad).all())
+        assert torch.count_nonzero(grad[:, none_index]) == 0
+        assert grad.abs().sum().item() > 0.0
