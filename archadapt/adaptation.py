@@ -246,7 +246,7 @@ def adapt_task(
 
     started = time.perf_counter()
     progress("derive", 0, 1, 0.0)
-    probs = {cell_type: op_probs(posterior.parameters[name]).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
+    probs = {cell_type: op_probs(posterior.parameters[name], checkpoint.space).detach().cpu() for cell_type, name in ALPHA_NAMES.items()}
     # NOTE: without a validation split the candidates are scored on the support set, which the
     # posterior was fitted to, so the score favours the genotypes it overfits.
     genotype = choose_genotype(

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from archadapt.supernet import ALPHA_NAMES, SamplingMode, Supernet
+from archadapt.search_space import SearchSpace
+from archadapt.supernet import ALPHA_NAMES, SamplingMode, Supernet, without_none
 
 Tensors = dict[str, torch.Tensor]
 
@@ -41,8 +42,14 @@ def architecture_kl(phi: Tensors, theta: Tensors) -> torch.Tensor:
     return sum(categorical_kl(phi[name], theta[name]) for name in ALPHA_NAMES.values())
 
 
-def op_probs(alpha: torch.Tensor) -> torch.Tensor:
-    """Primitive probabilities per edge, softmax(alpha) of shape (E, K)."""
+def op_probs(alpha: torch.Tensor, space: SearchSpace | None = None) -> torch.Tensor:
+    """Primitive probabilities per edge, softmax(alpha) of shape (E, K).
+
+    Pass the search space when it may set `sample_none: false`: `none` then gets probability 0
+    and the rest are renormalised, the distribution that sampling draws from.
+    """
+    if space is not None and not space.sample_none:
+        alpha = without_none(alpha, space)
     return torch.softmax(alpha, dim=-1)
 
 

@@ -57,7 +57,7 @@ def median_seconds(call, repeats: int) -> float:
 def measure_latency(repeats: int) -> list[tuple[int, float, float]]:
     """Return (batch, onnxruntime ms, PyTorch ms) for batch 1 and 64."""
     checkpoint = load_checkpoint(CHECKPOINT)
-    probs = {cell_type: op_probs(checkpoint.prior.parameters[name]) for cell_type, name in ALPHA_NAMES.items()}
+    probs = {cell_type: op_probs(checkpoint.prior.parameters[name], checkpoint.space) for cell_type, name in ALPHA_NAMES.items()}
     torch.manual_seed(0)
     network = DerivedNetwork(checkpoint.space, checkpoint.spec, derive_genotype(checkpoint.space, probs), NUM_CLASSES)
     network.eval()

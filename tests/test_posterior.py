@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from archadapt.posterior import architecture_kl, categorical_kl, gaussian_kl, op_probs, prototype_head
+from archadapt.search_space import SearchSpace
 
 
 def test_categorical_kl_hand_value() -> None:
@@ -138,3 +139,18 @@ def test_prototype_logits_are_negative_distances(num_classes: int) -> None:
     # logits_c = -||e - mu_c||^2 + ||e||^2, so the difference is the same for every class.
     offset = logits + distances
     assert torch.allclose(offset, (embeddings**2).sum(dim=1, keepdim=True).expand_as(offset), atol=1e-4)
+
+
+def test_op_probs_of_a_space_without_none_renormalise_the_rest() -> None:
+    space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=2, sample_none=False)
+    alpha = torch.randn(space.num_edges, space.num_primitives, generator=torch.Generator().manual_seed(3))
+    none_index = space.primitives.index("none")
+    alpha[:, none_index] = 5.0  # the most probable primitive, were it not excluded
+    probs = op_probs(alpha, space)
+    assert torch.all(probs[:, none_index] == 0.0)
+    assert torch.allclose(probs.sum(dim=-1), torch.ones(space.num_edges))
+    others = [k for k in range(space.num_primitives) if k != none_index]
+    assert torch.allclose(probs[:, others], torch.softmax(alpha[:, others], dim=-1))
+    # A space that samples `none` keeps the plain softmax.
+    sampled = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=2)
+    assert torch.allclose(op_probs(alpha, sampled), torch.softmax(alpha, dim=-1))
