@@ -67,6 +67,13 @@ def embedding_dim(space: SearchSpace) -> int:
 EMBEDDING_RADIUS = 3.0
 
 
+def pool_features(space: SearchSpace, features: torch.Tensor) -> torch.Tensor:
+    """Average the last cell's output (B, C, H, W) over positions, after a ReLU if the space sets final_relu."""
+    if space.final_relu:
+        features = torch.relu(features)
+    return features.mean(dim=(2, 3))  # (B, C)
+
+
 def scale_embeddings(features: torch.Tensor) -> torch.Tensor:
     """Project pooled features (B, D) onto the sphere of radius EMBEDDING_RADIUS."""
     norm = torch.sqrt((features * features).sum(dim=1, keepdim=True) + 1e-12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archadapt.cells import Normalize, cell_channels, embedding_dim, make_preprocess, make_stem, scale_embeddings
+from archadapt.cells import Normalize, cell_channels, embedding_dim, make_preprocess, make_stem, pool_features, scale_embeddings
 from archadapt.genotype import Genotype
 from archadapt.operations import OPS
 from archadapt.search_space import InputSpec, SearchSpace
@@ -56,6 +56,7 @@ class DerivedNetwork(nn.Module):
     def __init__(self, space: SearchSpace, spec: InputSpec, genotype: Genotype, num_classes: int):
         super().__init__()
         genotype.validate(space)
+        self.space = space
         self.genotype = genotype
         self.normalize = Normalize(spec)
         self.stem = make_stem(spec, 2 * space.channels, True)
@@ -66,7 +67,7 @@ class DerivedNetwork(nn.Module):
         s0 = s1 = self.stem(self.normalize(images))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return scale_embeddings(s1.mean(dim=(2, 3)))  # (B, embedding_dim)
+        return scale_embeddings(pool_features(self.space, s1))  # (B, embedding_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(images))

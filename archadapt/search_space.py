@@ -57,6 +57,10 @@ class SearchSpace:
     # Whether the supernet may sample `none`. Derivation never picks `none`, so with False every
     # sampled architecture gives every edge an operation, as a derived network does.
     sample_none: bool = True
+    # Whether a ReLU follows the last cell, before the average over positions. Without it the
+    # embedding averages batch-normalized sums, which can be negative; each block of the 4-layer
+    # network ends in a ReLU.
+    final_relu: bool = False
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.primitives if p not in ALLOWED_PRIMITIVES]
@@ -74,8 +78,9 @@ class SearchSpace:
             raise ConfigError(f"cells is {self.cells}; allowed: 1 to 20")
         if not 4 <= self.channels <= 256:
             raise ConfigError(f"channels is {self.channels}; allowed: 4 to 256")
-        if not isinstance(self.sample_none, bool):
-            raise ConfigError(f"sample_none is {self.sample_none!r}; use true or false")
+        for name in ("sample_none", "final_relu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} is {getattr(self, name)!r}; use true or false")
         bad = [i for i in self.reduce_cells if not 0 <= i < self.cells]
         if bad or len(set(self.reduce_cells)) != len(self.reduce_cells):
             raise ConfigError(
@@ -114,11 +119,12 @@ class SearchSpace:
             "channels": self.channels,
             "reduce_cells": list(self.reduce_cells),
             "sample_none": self.sample_none,
+            "final_relu": self.final_relu,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
-        allowed = {"primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none"}
+        allowed = {"primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none", "final_relu"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"unknown search space keys {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from archadapt.cells import Normalize, cell_channels, embedding_dim, make_preprocess, make_stem, scale_embeddings
+from archadapt.cells import Normalize, cell_channels, embedding_dim, make_preprocess, make_stem, pool_features, scale_embeddings
 from archadapt.operations import OPS
 from archadapt.search_space import InputSpec, SearchSpace
 
@@ -140,7 +140,7 @@ class Supernet(nn.Module):
         for cell in self.cells:
             weights, indices = samples["reduce" if cell.reduction else "normal"]
             s0, s1 = s1, cell(s0, s1, weights, indices)
-        return scale_embeddings(s1.mean(dim=(2, 3)))  # (B, embedding_dim)
+        return scale_embeddings(pool_features(self.space, s1))  # (B, embedding_dim)
 
 
 def weight_names(model: Supernet) -> list[str]:

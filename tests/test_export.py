@@ -174,8 +174,11 @@ def test_derived_network_rejects_invalid_genotype() -> None:
 
 
 def test_plain_convolution_edges_export_and_match() -> None:
-    """A space with `conv_3x3` derives, inherits the supernet's weights and exports like the DARTS ones."""
-    space = SearchSpace(primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, cells=2, reduce_cells=(1,), nodes=2)
+    """A space with `conv_3x3` and a final ReLU inherits the supernet's weights and exports like the DARTS ones."""
+    space = SearchSpace(
+        primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, cells=2, reduce_cells=(1,), nodes=2,
+        sample_none=False, final_relu=True,
+    )
     cell = (("conv_3x3", 0), ("conv_3x3", 1), ("max_pool_3x3", 0), ("conv_3x3", 2))
     genotype = Genotype(normal=cell, reduce=cell)
     torch.manual_seed(5)

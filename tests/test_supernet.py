@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from archadapt.cells import EMBEDDING_RADIUS
+from archadapt.cells import EMBEDDING_RADIUS, scale_embeddings
+from archadapt.genotype import Genotype
+from archadapt.network import DerivedNetwork
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import MixedOp, Supernet, sample_op_weights, weight_names
 
@@ -232,3 +234,28 @@ def test_space_without_none_leaves_its_logit_without_loss_gradient(tiny_spec: In
         assert bool(torch.isfinite(grad).all())
         assert torch.count_nonzero(grad[:, none_index]) == 0
         assert grad.abs().sum().item() > 0.0
+
+
+@pytest.mark.parametrize("network_type", ["supernet", "derived"])
+def test_final_relu_pools_the_rectified_last_cell(tiny_spec: InputSpec, network_type: str) -> None:
+    """With final_relu the embedding is the projected mean of relu(last cell output); without it, of the raw output."""
+    cell = (("sep_conv_3x3", 0), ("skip_connect", 1), ("sep_conv_3x3", 0), ("dil_conv_3x3", 2),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("skip_connect", 3))
+    outputs = {}
+    for final_relu in (False, True):
+        space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4, final_relu=final_relu)
+        torch.manual_seed(0)
+        if network_type == "supernet":
+            network = Supernet(space, tiny_spec)
+            run = lambda x, n=network: n(x, mode="mode")
+        else:
+            network = DerivedNetwork(space, tiny_spec, Genotype(normal=cell, reduce=cell), 3).train()
+            run = network.embed
+        last = {}
+        network.cells[-1].register_forward_hook(lambda module, inputs, output: last.update(output=output))
+        with torch.no_grad():
+            embeddings = run(images(tiny_spec))
+        features = torch.relu(last["output"]) if final_relu else last["output"]
+        assert torch.allclose(embeddings, scale_embeddings(features.mean(dim=(2, 3))), atol=1e-6)
+        outputs[final_relu] = embeddings
+    assert not torch.allclose(outputs[False], outputs[True], atol=1e-3)
