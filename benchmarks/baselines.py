@@ -214,7 +214,7 @@ def adapt_from_prior(
         genotype_name = "conv4"
     else:
         if genotype is None:
-            probs = {cell_type: op_probs(posterior.parameters[name]).detach() for cell_type, name in ALPHA_NAMES.items()}
+            probs = {cell_type: op_probs(posterior.parameters[name], checkpoint.space).detach() for cell_type, name in ALPHA_NAMES.items()}
             genotype = derive_genotype(checkpoint.space, probs)
         network = DerivedNetwork(checkpoint.space, checkpoint.spec, genotype, task.way)
         genotype_name = genotype.to_json()
@@ -286,7 +286,7 @@ def darts_from_scratch(
         nn.utils.clip_grad_norm_(weights, 5.0)
         weight_optimizer.step()
         schedule.step()
-    probs = {cell_type: op_probs(alpha.detach()) for cell_type, alpha in supernet.alphas().items()}
+    probs = {cell_type: op_probs(alpha.detach(), space) for cell_type, alpha in supernet.alphas().items()}
     genotype = derive_genotype(space, probs)
     search_seconds = time.perf_counter() - started
 
@@ -451,6 +451,14 @@ METHODS.update({
 METHODS["base-pretrained-prior"] = Method(
     "BASE adapting the supernet trained without an inner loop, with the default prior's meta-training budget", _base, True,
     variant="pretrained-supernet-full",
+)
+# BASE adapting the default prior until 2026-12-05, on the DARTS cell space, meta-trained with
+# configs/variants/darts-space-full.json (the default config until then). Its run stopped at the
+# 60-minute limit after 655 outer steps, so training it again may stop at another step; the
+# checkpoint itself is checkpoints/default at commit fcee7bc.
+METHODS["variant-darts-space-full"] = Method(
+    "BASE on the DARTS cell space (4 nodes, 12 channels, the 8 DARTS primitives), the default prior until 2026-12-05",
+    _base, True, variant="darts-space-full",
 )
 HEADLINE = (
     "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",

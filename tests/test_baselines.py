@@ -151,13 +151,11 @@ def test_darts_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squa
 def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
     default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
-    if "-space" in path.stem:
-        # A space variant names a search space of its own.
-        assert config.search_space != default.search_space
-    else:
-        # The width variant differs from the default search space in its channels alone.
-        assert dataclasses.replace(config.search_space, channels=default.search_space.channels) == default.search_space
-        assert (config.search_space.channels != default.search_space.channels) == path.stem.startswith("channels-")
+    darts_space = load_json(MetaTrainConfig, path.parent / "darts-space-full.json")
+    # The variants change the prior that was the default on the DARTS cell space; the width
+    # variant changes its search space, in the channels alone.
+    assert dataclasses.replace(config.search_space, channels=darts_space.search_space.channels) == darts_space.search_space
+    assert (config.search_space.channels != darts_space.search_space.channels) == path.stem.startswith("channels-")
     assert config.input_spec == default.input_spec
     assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
 
