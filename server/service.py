@@ -103,6 +103,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             search_space=pb.SearchSpace(
                 primitives=list(space.primitives), nodes=space.nodes, cells=space.cells,
                 reduce_cells=list(space.reduce_cells), channels=space.channels,
+                never_sample_none=not space.sample_none, final_relu=space.final_relu,
             ),
             limits=self.jobs.limits.to_proto(),
             archadapt_version=archadapt.__version__,

@@ -40,12 +40,13 @@ from PIL import Image
 
 import archadapt
 from archadapt.adaptation import PHASES, ServingConfig
-from archadapt.checkpoint import TENSORS_FILE, Checkpoint
+from archadapt.checkpoint import TENSORS_FILE, Checkpoint, load_checkpoint
 from archadapt.config import FinetuneConfig
 from archadapt.cost_model import CostModel
 from archadapt.derivation import smallest_cost
 from archadapt.genotype import Genotype
 from archadapt_client import ArchadaptError, Client, ProgressUpdate, load_dataset
+from archadapt_client.cli import format_server_info
 from archadapt_client.v1 import archadapt_pb2 as pb
 from archadapt_client.v1 import archadapt_pb2_grpc as pb_grpc
 from meta_trainer.glyphs import DEFAULT_FONT_DIR, load_or_build_glyph_bank, load_script_splits
@@ -702,3 +703,20 @@ def test_server_command_rejects_altered_checkpoint(checkpoint_dir: Path, tmp_pat
     assert str(tensors) in completed.stderr
     assert "SHA-256" in completed.stderr
     assert not port_file.exists()
+
+
+def test_info_reports_the_sampling_and_pooling_of_the_default_space() -> None:
+    """The committed checkpoint never samples none and pools after a ReLU; ServerInfo and `archadapt info` say so."""
+    checkpoint = load_checkpoint(REPO_ROOT / "checkpoints" / "default")
+    running = create_server("127.0.0.1:0", checkpoint, torch.device("cpu"))
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=30) as info_client:
+            info = info_client.info()
+    finally:
+        running.stop()
+    assert info.search_space.never_sample_none == (not checkpoint.space.sample_none)
+    assert info.search_space.final_relu == checkpoint.space.final_relu
+    assert info.search_space.never_sample_none and info.search_space.final_relu
+    text = format_server_info(info)
+    assert "samples none: no" in text
+    assert "ReLU before pooling: yes" in text

@@ -522,6 +522,8 @@ def format_server_info(info: archadapt_pb2.ServerInfo) -> str:
         f"  intermediate nodes per cell: {space.nodes}",
         f"  cells: {space.cells} (reduction cells at {', '.join(str(i) for i in space.reduce_cells) or 'none'})",
         f"  channels of the first cell: {space.channels}",
+        f"  samples none: {'no' if space.never_sample_none else 'yes'}",
+        f"  ReLU before pooling: {'yes' if space.final_relu else 'no'}",
         "request limits:",
         f"  images: at most {limits.max_images}",
         f"  classes: {limits.min_classes} to {limits.max_classes}",
