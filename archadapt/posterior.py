@@ -45,8 +45,9 @@ def architecture_kl(phi: Tensors, theta: Tensors) -> torch.Tensor:
 def op_probs(alpha: torch.Tensor, space: SearchSpace | None = None) -> torch.Tensor:
     """Primitive probabilities per edge, softmax(alpha) of shape (E, K).
 
-    Pass the search space when it may set `sample_none: false`: `none` then gets probability 0
-    and the rest are renormalised, the distribution that sampling draws from.
+    Pass the search space when it may set `sample_none: false`. In such a space `none` gets
+    probability 0 and the other primitives are renormalised, which is the distribution that
+    sampling draws from.
     """
     if space is not None and not space.sample_none:
         alpha = without_none(alpha, space)

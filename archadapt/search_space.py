@@ -58,7 +58,7 @@ class SearchSpace:
     # sampled architecture gives every edge an operation, as a derived network does.
     sample_none: bool = True
     # Whether a ReLU follows the last cell, before the average over positions. Without it the
-    # embedding averages batch-normalized sums, which can be negative; each block of the 4-layer
+    # embedding averages batch-normalized sums, which can be negative. Each block of the 4-layer
     # network ends in a ReLU.
     final_relu: bool = False
 

@@ -51,7 +51,7 @@ def sample_op_weights(
 def without_none(alpha: torch.Tensor, space: SearchSpace) -> torch.Tensor:
     """Return alpha logits (E, K) with `none` at -inf, so that sampling never draws it.
 
-    The `none` logit then gets no gradient from the loss; only the KL terms move it.
+    The `none` logit then gets no gradient from the loss. Only the KL terms move it.
     """
     mask = torch.zeros(alpha.shape[-1], dtype=torch.bool, device=alpha.device)
     mask[space.primitives.index("none")] = True

@@ -454,8 +454,8 @@ METHODS["base-pretrained-prior"] = Method(
 )
 # BASE adapting the default prior until 2026-12-05, on the DARTS cell space, meta-trained with
 # configs/variants/darts-space-full.json (the default config until then). Its run stopped at the
-# 60-minute limit after 655 outer steps, so training it again may stop at another step; the
-# checkpoint itself is checkpoints/default at commit fcee7bc.
+# 60-minute limit after 655 outer steps, so training it again may stop at another step. The
+# benchmarked checkpoint is checkpoints/default at commit fcee7bc.
 METHODS["variant-darts-space-full"] = Method(
     "BASE on the DARTS cell space (4 nodes, 12 channels, the 8 DARTS primitives), the default prior until 2026-12-05",
     _base, True, variant="darts-space-full",

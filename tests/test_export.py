@@ -173,7 +173,7 @@ def test_derived_network_rejects_invalid_genotype() -> None:
         DerivedNetwork(SPACE, SPEC, invalid, len(CLASS_NAMES))
 
 
-def test_plain_convolution_edges_export_and_match() -> None:
+def test_conv_3x3_network_exports() -> None:
     """A space with `conv_3x3` and a final ReLU inherits the supernet's weights and exports like the DARTS ones."""
     space = SearchSpace(
         primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, cells=2, reduce_cells=(1,), nodes=2,

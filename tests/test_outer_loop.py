@@ -225,7 +225,7 @@ def test_resume_rejects_other_config(finished_run) -> None:
     assert "another config" in str(error.value)
 
 
-def test_alpha_warmup_holds_the_alphas_then_releases_them(tiny_space: SearchSpace, tiny_spec: InputSpec, tmp_path: Path) -> None:
+def test_alpha_warmup_holds_alphas(tiny_space: SearchSpace, tiny_spec: InputSpec, tmp_path: Path) -> None:
     config = make_config(
         tiny_space, tiny_spec, "first_order", meta_steps=2, checkpoint_interval=1, val_interval=2, val_tasks=1,
         meta_lr_alpha=0.1, alpha_warmup_steps=1,

@@ -705,8 +705,8 @@ def test_server_command_rejects_altered_checkpoint(checkpoint_dir: Path, tmp_pat
     assert not port_file.exists()
 
 
-def test_info_reports_the_sampling_and_pooling_of_the_default_space() -> None:
-    """The committed checkpoint never samples none and pools after a ReLU; ServerInfo and `archadapt info` say so."""
+def test_info_reports_none_sampling_and_final_relu() -> None:
+    """ServerInfo and `archadapt info` report that the committed checkpoint never samples none and pools after a ReLU."""
     checkpoint = load_checkpoint(REPO_ROOT / "checkpoints" / "default")
     running = create_server("127.0.0.1:0", checkpoint, torch.device("cpu"))
     try:

@@ -203,7 +203,7 @@ def test_modes_give_finite_embeddings(tiny_space: SearchSpace, tiny_spec: InputS
     assert bool(torch.isfinite(embeddings).all())
 
 
-def test_space_without_none_samples_never_draw_it(tiny_spec: InputSpec) -> None:
+def test_sample_none_false_never_draws_none(tiny_spec: InputSpec) -> None:
     space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4, sample_none=False)
     supernet = make_supernet(space, tiny_spec)
     none_index = space.primitives.index("none")
@@ -222,7 +222,7 @@ def test_space_without_none_samples_never_draw_it(tiny_spec: InputSpec) -> None:
             assert executed
 
 
-def test_space_without_none_leaves_its_logit_without_loss_gradient(tiny_spec: InputSpec) -> None:
+def test_sample_none_false_blocks_none_gradient(tiny_spec: InputSpec) -> None:
     space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4, sample_none=False)
     supernet = make_supernet(space, tiny_spec)
     embeddings = supernet(images(tiny_spec), mode="hard", generator=torch.Generator().manual_seed(5))
@@ -237,8 +237,8 @@ def test_space_without_none_leaves_its_logit_without_loss_gradient(tiny_spec: In
 
 
 @pytest.mark.parametrize("network_type", ["supernet", "derived"])
-def test_final_relu_pools_the_rectified_last_cell(tiny_spec: InputSpec, network_type: str) -> None:
-    """With final_relu the embedding is the projected mean of relu(last cell output); without it, of the raw output."""
+def test_final_relu_rectifies_before_pooling(tiny_spec: InputSpec, network_type: str) -> None:
+    """With final_relu the embedding projects the mean of relu(last cell output), and without it the mean of that output."""
     cell = (("sep_conv_3x3", 0), ("skip_connect", 1), ("sep_conv_3x3", 0), ("dil_conv_3x3", 2),
             ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("skip_connect", 3))
     outputs = {}
