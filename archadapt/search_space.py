@@ -26,7 +26,7 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 # Primitives outside the DARTS set. `conv_3x3` is a plain 3x3 convolution over every channel,
-# the layer of the 4-layer network that meta-learning papers use as their baseline.
+# the layer that MAML's 4-layer network stacks (archadapt/conv4.py).
 EXTRA_PRIMITIVES: tuple[str, ...] = ("conv_3x3",)
 ALLOWED_PRIMITIVES: tuple[str, ...] = PRIMITIVES + EXTRA_PRIMITIVES
 
@@ -67,7 +67,7 @@ class SearchSpace:
         if unknown:
             raise ConfigError(f"unknown primitives {unknown}; allowed: {list(ALLOWED_PRIMITIVES)}")
         if len(set(self.primitives)) != len(self.primitives):
-            raise ConfigError(f"primitives {list(self.primitives)} name one primitive twice; list each once")
+            raise ConfigError(f"duplicate primitives in {list(self.primitives)}; list each primitive once")
         if "none" not in self.primitives or len(self.primitives) < 2:
             raise ConfigError(
                 f"primitives {list(self.primitives)} must contain 'none' and at least one other"
@@ -80,7 +80,7 @@ class SearchSpace:
             raise ConfigError(f"channels is {self.channels}; allowed: 4 to 256")
         for name in ("sample_none", "final_relu"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} is {getattr(self, name)!r}; use true or false")
+                raise ConfigError(f"invalid {name} {getattr(self, name)!r}; use true or false")
         bad = [i for i in self.reduce_cells if not 0 <= i < self.cells]
         if bad or len(set(self.reduce_cells)) != len(self.reduce_cells):
             raise ConfigError(

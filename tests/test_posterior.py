@@ -141,11 +141,11 @@ def test_prototype_logits_are_negative_distances(num_classes: int) -> None:
     assert torch.allclose(offset, (embeddings**2).sum(dim=1, keepdim=True).expand_as(offset), atol=1e-4)
 
 
-def test_op_probs_of_a_space_without_none_renormalise_the_rest() -> None:
+def test_op_probs_without_none_renormalises() -> None:
     space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=2, sample_none=False)
     alpha = torch.randn(space.num_edges, space.num_primitives, generator=torch.Generator().manual_seed(3))
     none_index = space.primitives.index("none")
-    alpha[:, none_index] = 5.0  # the most probable primitive, were it not excluded
+    alpha[:, none_index] = 5.0  # `none` would have the highest probability if it were not excluded
     probs = op_probs(alpha, space)
     assert torch.all(probs[:, none_index] == 0.0)
     assert torch.allclose(probs.sum(dim=-1), torch.ones(space.num_edges))

@@ -51,7 +51,7 @@ def test_space_with_an_extra_primitive_round_trips() -> None:
 
 
 def test_repeated_primitive_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="name one primitive twice"):
+    with pytest.raises(ConfigError, match="duplicate primitives"):
         SearchSpace(primitives=("none", "conv_3x3", "conv_3x3"))
 
 
@@ -146,3 +146,9 @@ def test_unknown_input_spec_key_raises() -> None:
 def test_input_spec_dict_round_trip() -> None:
     spec = InputSpec(channels=3, height=32, width=24, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("name", ["sample_none", "final_relu"])
+def test_non_boolean_switch_is_rejected(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid {name} 'no'"):
+        SearchSpace(**{name: "no"})
