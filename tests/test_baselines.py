@@ -25,7 +25,17 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import METHODS, SMALL_CONV4_CHANNELS, Budget, Task, darts_from_scratch, random_genotype, split_halves
+from baselines import (
+    METHODS,
+    SMALL_CONV4_CHANNELS,
+    Budget,
+    CostBudget,
+    Task,
+    adapt_from_prior,
+    darts_from_scratch,
+    random_genotype,
+    split_halves,
+)
 from meta_train_runs import make_bank
 
 SPACE = SearchSpace(nodes=4)
@@ -152,10 +162,15 @@ def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
     default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
     darts_space = load_json(MetaTrainConfig, path.parent / "darts-space-full.json")
-    # The variants change the prior that was the default on the DARTS cell space; the width
-    # variant changes its search space, in the channels alone.
-    assert dataclasses.replace(config.search_space, channels=darts_space.search_space.channels) == darts_space.search_space
-    assert (config.search_space.channels != darts_space.search_space.channels) == path.stem.startswith("channels-")
+    if path.stem == "default-800":
+        # The default prior before its run doubled: the default config with half the outer steps.
+        assert dataclasses.replace(config, meta_steps=default.meta_steps) == default
+        assert config.meta_steps * 2 == default.meta_steps
+    else:
+        # The other variants change the prior that was the default on the DARTS cell space; the
+        # width variant changes its search space, in the channels alone.
+        assert dataclasses.replace(config.search_space, channels=darts_space.search_space.channels) == darts_space.search_space
+        assert (config.search_space.channels != darts_space.search_space.channels) == path.stem.startswith("channels-")
     assert config.input_spec == default.input_spec
     assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
 
@@ -176,6 +191,22 @@ def test_conv4_scratch_row_trains(tiny_spec: InputSpec, corner_squares, name: st
     assert trained.parameters == count_parameters(Conv4Network(tiny_spec, channels, task.way))
     assert trained.accuracy >= 0.9
     assert trained.accuracy > untrained.accuracy
+
+
+def test_budgeted_row_keeps_to_its_parameter_limit(checkpoint, corner_squares) -> None:
+    from archadapt.cost_model import CostModel
+    from archadapt.derivation import smallest_cost
+
+    support_images, support_labels = corner_squares(2, seed=0)
+    task = Task(support_images, support_labels, *corner_squares(2, seed=1), int(support_labels.max()) + 1)
+    serving = Budget(inner_steps=2, finetune_steps=2).serving()
+    free = adapt_from_prior(checkpoint, task, serving, seed=0)
+    least = smallest_cost(CostModel.build(checkpoint.space, checkpoint.spec, task.way), "parameters")
+    assert free.parameters > least, "the tiny prior derives the cheapest genotype, so no limit can bind"
+    limited = adapt_from_prior(checkpoint, task, serving, seed=0, cost_budget=CostBudget(max_parameters=least))
+    assert limited.parameters <= least < free.parameters
+    assert limited.genotype != free.genotype
+    assert METHODS["base-conv4-parameters"].uses_meta_training
 
 
 def test_time_to_accuracy_keys_base_by_head_scale() -> None:
