@@ -195,7 +195,7 @@ def adapt_from_prior(
 
     `genotype` replaces the derived one; `inherit=False` trains the derived network from its
     random initialization instead of the adapted supernet weights. With `cost_budget` set, the
-    inner loop adds the serving budget term and derivation keeps to the budget, as a request with
+    inner loop adds the budget term and derivation keeps to the budget, as a request with
     that budget does. A conv4 checkpoint has no genotype to derive, so its classifier is the conv4
     network with the task head as its last layer.
     """
@@ -203,6 +203,11 @@ def adapt_from_prior(
         raise ValueError(
             f"a genotype applies only to supernet checkpoints, but checkpoint {checkpoint.checkpoint_id} "
             f"is {checkpoint.architecture}; pass genotype=None"
+        )
+    if cost_budget.is_set and checkpoint.architecture != "supernet":
+        raise ValueError(
+            f"a cost budget applies only to supernet checkpoints, but checkpoint {checkpoint.checkpoint_id} "
+            f"is {checkpoint.architecture}; pass no cost_budget"
         )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -396,7 +401,7 @@ def _conv4_from_scratch(channels: int) -> Callable[[Checkpoint, Task, Budget, in
 
 
 def _within_conv4_parameters(checkpoint: Checkpoint, task: Task, budget: Budget, seed: int) -> Outcome:
-    """BASE with a parameter budget equal to the count of MAML's 4-layer network for the task's way."""
+    """Run BASE with a parameter budget equal to the count of MAML's 4-layer network for the task's way."""
     limit = count_parameters(Conv4Network(checkpoint.spec, DEFAULT_CHANNELS, task.way))
     return adapt_from_prior(checkpoint, task, budget.serving(), seed, cost_budget=CostBudget(max_parameters=limit))
 
@@ -461,8 +466,8 @@ METHODS.update({
     for name, description in SHORT_VARIANTS.items()
 })
 # Meta-training budget of each "-full" row. The conv4 row gets the default prior's 1,600 outer
-# steps. The other two keep the 800 that configs/default.json set before it doubled: 800 steps
-# of either took over 30 minutes on 2 cores.
+# steps. The other two keep the 800 steps that configs/default.json set before, because 800
+# steps of either took over 30 minutes on 2 cores.
 FULL_BUDGETS = {
     "conv4": "with the default prior's meta-training budget",
     "darts-cell": "meta-trained for 800 outer steps, half the default prior's",
@@ -489,9 +494,9 @@ METHODS["variant-darts-space-full"] = Method(
     "BASE on the DARTS cell space (4 nodes, 12 channels, the 8 DARTS primitives), the default prior until 2026-12-05",
     _base, True, variant="darts-space-full",
 )
-# BASE adapting the default prior at commit 034d54c: the default config with 800 outer steps
-# (configs/variants/default-800.json), whose run continued to the 1,600 steps of the default.
-# The benchmarked checkpoint is checkpoints/default at that commit.
+# BASE adapting the default prior at commit 034d54c, trained with the default config and 800
+# outer steps (configs/variants/default-800.json). The default prior's run continued this
+# checkpoint to 1,600 steps. The benchmarked checkpoint is checkpoints/default at that commit.
 METHODS["variant-default-800"] = Method(
     "BASE on the default space meta-trained for 800 outer steps, the default prior at commit 034d54c",
     _base, True, variant="default-800",

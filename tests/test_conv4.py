@@ -25,7 +25,7 @@ from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baselines import METHODS, Budget, Task
+from baselines import METHODS, Budget, CostBudget, Task, adapt_from_prior
 from meta_train_runs import make_bank
 
 CHANNELS = 8
@@ -224,3 +224,11 @@ def test_variant_conv4_row_runs(tiny_space: SearchSpace, tiny_spec: InputSpec, c
     assert outcome.multiply_accumulates == count_multiply_accumulates(Conv4Network(tiny_spec, CHANNELS, task.way), tiny_spec)
     assert outcome.adapt_seconds > 0
     assert outcome.finetune_seconds > 0
+
+
+def test_cost_budget_rejects_conv4_checkpoint(tiny_space: SearchSpace, tiny_spec: InputSpec, corner_squares) -> None:
+    support_images, support_labels = corner_squares(2, seed=0)
+    task = Task(support_images, support_labels, *corner_squares(2, seed=1), int(support_labels.max()) + 1)
+    serving = Budget(inner_steps=1, finetune_steps=1).serving()
+    with pytest.raises(ValueError, match="a cost budget applies only to supernet checkpoints"):
+        adapt_from_prior(conv4_checkpoint(tiny_space, tiny_spec), task, serving, 0, cost_budget=CostBudget(max_parameters=1000))
