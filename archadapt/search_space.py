@@ -61,6 +61,10 @@ class SearchSpace:
     # embedding averages batch-normalized sums, which can be negative. Each block of the 4-layer
     # network ends in a ReLU.
     final_relu: bool = False
+    # Whether each hard or mode sample keeps only two inputs per intermediate node, chosen by the
+    # rule derivation applies, so that the supernet trains the shapes of network it returns.
+    # Without it every edge runs, and a node with three or more inputs loses some at derivation.
+    sample_two_inputs: bool = False
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.primitives if p not in ALLOWED_PRIMITIVES]
@@ -78,9 +82,12 @@ class SearchSpace:
             raise ConfigError(f"cells is {self.cells}; allowed: 1 to 20")
         if not 4 <= self.channels <= 256:
             raise ConfigError(f"channels is {self.channels}; allowed: 4 to 256")
-        for name in ("sample_none", "final_relu"):
+        for name in ("sample_none", "final_relu", "sample_two_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}; use true or false")
+        if self.sample_two_inputs and self.sample_none:
+            # A sample that may draw `none` can keep an edge derivation would not.
+            raise ConfigError("sample_two_inputs is true while sample_none is true; set sample_none to false")
         bad = [i for i in self.reduce_cells if not 0 <= i < self.cells]
         if bad or len(set(self.reduce_cells)) != len(self.reduce_cells):
             raise ConfigError(
@@ -120,11 +127,15 @@ class SearchSpace:
             "reduce_cells": list(self.reduce_cells),
             "sample_none": self.sample_none,
             "final_relu": self.final_relu,
+            # Written only when set, so the spaces of earlier checkpoints keep their exact dict.
+            **({"sample_two_inputs": True} if self.sample_two_inputs else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
-        allowed = {"primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none", "final_relu"}
+        allowed = {
+            "primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none", "final_relu", "sample_two_inputs",
+        }
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"unknown search space keys {sorted(unknown)}; allowed: {sorted(allowed)}")

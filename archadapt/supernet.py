@@ -32,20 +32,50 @@ def sample_op_weights(
 
     Returns the weights (E, K) and, for "hard" and "mode", the chosen primitive per edge (E,).
     """
+    weights, index, _ = sample_with_scores(alpha, temperature, mode, generator)
+    return weights, index
+
+
+def sample_with_scores(
+    alpha: torch.Tensor, temperature: float, mode: SamplingMode, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Like `sample_op_weights`, and also the probabilities the choice was made from (E, K), without gradient.
+
+    For "hard" and "soft" these are the Gumbel-perturbed probabilities, for "mode" softmax(alpha)
+    and for "relaxed" the mixing weights.
+    """
     if mode == "mode":
         index = alpha.argmax(dim=-1)
-        return nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype), index
+        probs = torch.softmax(alpha.detach(), dim=-1)
+        return nn.functional.one_hot(index, alpha.shape[-1]).to(alpha.dtype), index, probs
     if mode == "relaxed":
-        return torch.softmax(alpha / temperature, dim=-1), None
+        weights = torch.softmax(alpha / temperature, dim=-1)
+        return weights, None, weights.detach()
     # Noise is drawn on the CPU so that a seed gives the same architectures on every device.
     uniform = torch.rand(alpha.shape, generator=generator).clamp(1e-10, 1.0 - 1e-7)
     gumbel = (-torch.log(-torch.log(uniform))).to(alpha.device, non_blocking=True)
     soft = torch.softmax((alpha + gumbel) / temperature, dim=-1)  # (E, K)
     if mode == "soft":
-        return soft, None
+        return soft, None, soft.detach()
     index = soft.argmax(dim=-1)
     hard = nn.functional.one_hot(index, alpha.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft, index  # straight-through: forward is one-hot
+    return hard - soft.detach() + soft, index, soft.detach()  # straight-through: forward is one-hot
+
+
+def keep_two_inputs(space: SearchSpace, index: torch.Tensor, probs: torch.Tensor) -> list[int | None]:
+    """Return the sampled primitive per edge, None on the edges that derivation would drop.
+
+    Each intermediate node keeps the two incoming edges whose sampled primitive has the highest
+    probability in `probs` (E, K), ties going to the earlier input: the rule `derive_cell`
+    applies to the posterior, applied here to the sample.
+    """
+    chosen = probs.gather(1, index.unsqueeze(1)).squeeze(1).tolist()
+    kept: list[int | None] = [None] * space.num_edges
+    for target in range(2, space.nodes + 2):
+        incoming = sorted(space.incoming_edges(target), key=lambda e: (-chosen[e.index], e.source))
+        for edge in incoming[:2]:
+            kept[edge.index] = int(index[edge.index])
+    return kept
 
 
 def without_none(alpha: torch.Tensor, space: SearchSpace) -> torch.Tensor:
@@ -83,11 +113,16 @@ class SearchCell(nn.Module):
             MixedOp(space.primitives, c, 2 if reduction and edge.source < 2 else 1) for edge in space.edges
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, indices: list[int] | None):
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, indices: list[int | None] | None
+    ):
+        """Run the cell; `indices` None mixes every primitive, and a None in it drops that edge."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for target in range(2, self.space.nodes + 2):
             node = 0
             for edge in self.space.incoming_edges(target):
+                if indices is not None and indices[edge.index] is None:
+                    continue
                 index = None if indices is None else indices[edge.index]
                 node = node + self.edges[edge.index](states[edge.source], weights[edge.index], index)
             states.append(node)
@@ -131,10 +166,16 @@ class Supernet(nn.Module):
         for cell_type, alpha in self.alphas().items():
             if not self.space.sample_none:
                 alpha = without_none(alpha, self.space)
-            weights, index = sample_op_weights(alpha, temperature, mode, generator)
+            weights, index, probs = sample_with_scores(alpha, temperature, mode, generator)
             # NOTE: the host must know the sampled primitives to run only those, so on a GPU the
             # hard and mode samples wait here for the work queued before them.
-            samples[cell_type] = (weights, None if index is None else index.tolist())
+            if index is None:
+                indices = None
+            elif self.space.sample_two_inputs:
+                indices = keep_two_inputs(self.space, index, probs)
+            else:
+                indices = index.tolist()
+            samples[cell_type] = (weights, indices)
 
         s0 = s1 = self.stem(self.normalize(images))
         for cell in self.cells:

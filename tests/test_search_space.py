@@ -148,7 +148,12 @@ def test_input_spec_dict_round_trip() -> None:
     assert InputSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("name", ["sample_none", "final_relu"])
+@pytest.mark.parametrize("name", ["sample_none", "final_relu", "sample_two_inputs"])
 def test_non_boolean_switch_is_rejected(name: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid {name} 'no'"):
         SearchSpace(**{name: "no"})
+
+
+def test_two_inputs_needs_sample_none_false() -> None:
+    with pytest.raises(ConfigError, match="set sample_none to false"):
+        SearchSpace(sample_two_inputs=True)

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from archadapt.cells import EMBEDDING_RADIUS, scale_embeddings
+from archadapt.derivation import derive_genotype
 from archadapt.genotype import Genotype
-from archadapt.network import DerivedNetwork
+from archadapt.network import DerivedNetwork, inherit_weights
+from archadapt.posterior import op_probs
 from archadapt.search_space import InputSpec, SearchSpace
 from archadapt.supernet import MixedOp, Supernet, sample_op_weights, weight_names
 
@@ -259,3 +261,46 @@ def test_final_relu_rectifies_before_pooling(tiny_spec: InputSpec, network_type:
         assert torch.allclose(embeddings, scale_embeddings(features.mean(dim=(2, 3))), atol=1e-6)
         outputs[final_relu] = embeddings
     assert not torch.allclose(outputs[False], outputs[True], atol=1e-3)
+
+
+def two_input_space(sample_two_inputs: bool) -> SearchSpace:
+    # Three intermediate nodes, so nodes have two, three and four inputs.
+    return SearchSpace(
+        channels=4, cells=2, reduce_cells=(1,), nodes=3, sample_none=False, sample_two_inputs=sample_two_inputs
+    )
+
+
+def test_two_inputs_runs_two_edges_per_node(tiny_spec: InputSpec) -> None:
+    space = two_input_space(True)
+    supernet = make_supernet(space, tiny_spec)
+    for seed in range(10):
+        recorder = OpCalls(supernet)
+        supernet(images(tiny_spec), mode="hard", generator=torch.Generator().manual_seed(seed))
+        recorder.remove()
+        for cell_index in range(space.cells):
+            ran = recorder.executed(cell_index)
+            for target in range(2, space.nodes + 2):
+                incoming = [e.index for e in space.incoming_edges(target) if e.index in ran]
+                assert len(incoming) == 2, (seed, cell_index, target, incoming)
+
+
+@pytest.mark.parametrize("sample_two_inputs", [True, False])
+def test_two_inputs_mode_computes_the_derived_network(tiny_spec: InputSpec, sample_two_inputs: bool) -> None:
+    space = two_input_space(sample_two_inputs)
+    supernet = make_supernet(space, tiny_spec)
+    genotype = derive_genotype(space, {t: op_probs(a, space) for t, a in supernet.alphas().items()})
+    network = DerivedNetwork(space, tiny_spec, genotype, num_classes=3)
+    weights = {name: p.detach() for name, p in supernet.named_parameters()}
+    inherit_weights(network, weights, torch.zeros(3, supernet.embedding_dim), torch.zeros(3))
+    batch = images(tiny_spec)
+    with torch.no_grad():
+        expected = network.embed(batch)  # train mode: batch statistics, as in the supernet
+        embeddings = supernet(batch, mode="mode")
+    # Without the setting the supernet also runs the edges that derivation drops.
+    assert torch.allclose(embeddings, expected, atol=1e-5) == sample_two_inputs
+
+
+def test_two_inputs_setting_round_trips() -> None:
+    space = two_input_space(True)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert "sample_two_inputs" not in two_input_space(False).to_dict()

@@ -524,6 +524,7 @@ def format_server_info(info: archadapt_pb2.ServerInfo) -> str:
         f"  channels of the first cell: {space.channels}",
         f"  samples none: {'no' if space.never_sample_none else 'yes'}",
         f"  ReLU before pooling: {'yes' if space.final_relu else 'no'}",
+        f"  two inputs per node in samples: {'yes' if space.sample_two_inputs else 'no'}",
         "request limits:",
         f"  images: at most {limits.max_images}",
         f"  classes: {limits.min_classes} to {limits.max_classes}",
