@@ -18,23 +18,28 @@ import torch
 from archadapt.cost_model import METRICS, Budget, Cost, CostModel
 from archadapt.errors import BudgetError
 from archadapt.genotype import CellGenotype, Genotype
-from archadapt.search_space import CELL_TYPES, SearchSpace
+from archadapt.search_space import CELL_TYPES, Edge, SearchSpace
+
+
+def strongest_inputs(space: SearchSpace, target: int, strengths: list[float]) -> list[Edge]:
+    """Return the two incoming edges of node `target` with the highest strength, in input order.
+
+    `strengths` has one value per edge of the cell. Ties go to the earlier input.
+    """
+    ranked = sorted(space.incoming_edges(target), key=lambda edge: (-strengths[edge.index], edge.source))
+    return sorted(ranked[:2], key=lambda edge: edge.source)
 
 
 def derive_cell(space: SearchSpace, probs: torch.Tensor) -> CellGenotype:
     """Return the genotype of one cell type from op_probs of shape (edges, primitives)."""
-    none_index = space.primitives.index("none")
+    edge_probs = probs.clone()
+    edge_probs[:, space.primitives.index("none")] = -1.0
+    best_probs, best = edge_probs.max(dim=1)
+    strengths = best_probs.tolist()
     pairs: list[tuple[str, int]] = []
     for target in range(2, space.nodes + 2):
-        candidates = []
-        for edge in space.incoming_edges(target):
-            edge_probs = probs[edge.index].clone()
-            edge_probs[none_index] = -1.0
-            best = int(edge_probs.argmax())
-            candidates.append((float(edge_probs[best]), edge.source, space.primitives[best]))
-        candidates.sort(key=lambda c: (-c[0], c[1]))  # ties go to the earlier input
-        for _, source, primitive in sorted(candidates[:2], key=lambda c: c[1]):
-            pairs.append((primitive, source))
+        for edge in strongest_inputs(space, target, strengths):
+            pairs.append((space.primitives[int(best[edge.index])], edge.source))
     return tuple(pairs)
 
 

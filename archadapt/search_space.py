@@ -61,9 +61,8 @@ class SearchSpace:
     # embedding averages batch-normalized sums, which can be negative. Each block of the 4-layer
     # network ends in a ReLU.
     final_relu: bool = False
-    # Whether each hard or mode sample keeps only two inputs per intermediate node, chosen by the
-    # rule derivation applies, so that the supernet trains the shapes of network it returns.
-    # Without it every edge runs, and a node with three or more inputs loses some at derivation.
+    # Whether each hard or mode sample keeps only the two inputs per node that derivation would
+    # keep, so the supernet trains networks of the shape it returns.
     sample_two_inputs: bool = False
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from archadapt.cells import Normalize, cell_channels, embedding_dim, make_preprocess, make_stem, pool_features, scale_embeddings
+from archadapt.derivation import strongest_inputs
 from archadapt.operations import OPS
 from archadapt.search_space import InputSpec, SearchSpace
 
@@ -32,17 +33,17 @@ def sample_op_weights(
 
     Returns the weights (E, K) and, for "hard" and "mode", the chosen primitive per edge (E,).
     """
-    weights, index, _ = sample_with_scores(alpha, temperature, mode, generator)
+    weights, index, _ = sample_with_probs(alpha, temperature, mode, generator)
     return weights, index
 
 
-def sample_with_scores(
+def sample_with_probs(
     alpha: torch.Tensor, temperature: float, mode: SamplingMode, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Like `sample_op_weights`, and also the probabilities the choice was made from (E, K), without gradient.
+    """Sample as `sample_op_weights` does, and also return the probabilities (E, K) behind the choice.
 
-    For "hard" and "soft" these are the Gumbel-perturbed probabilities, for "mode" softmax(alpha)
-    and for "relaxed" the mixing weights.
+    These are the Gumbel-perturbed probabilities for "hard" and "soft", softmax(alpha) for "mode"
+    and the mixing weights for "relaxed", all without gradient.
     """
     if mode == "mode":
         index = alpha.argmax(dim=-1)
@@ -63,19 +64,17 @@ def sample_with_scores(
 
 
 def keep_two_inputs(space: SearchSpace, index: torch.Tensor, probs: torch.Tensor) -> list[int | None]:
-    """Return the sampled primitive per edge, None on the edges that derivation would drop.
+    """Return the sampled primitive per edge, with None on the edges that derivation would drop.
 
-    Each intermediate node keeps the two incoming edges whose sampled primitive has the highest
-    probability in `probs` (E, K), ties going to the earlier input: the rule `derive_cell`
-    applies to the posterior, applied here to the sample.
+    The strength of an edge is the probability in `probs` (E, K) of its sampled primitive, so
+    `derive_cell`'s rule picks the inputs of the sample as it picks those of the posterior.
     """
-    chosen = probs.gather(1, index.unsqueeze(1)).squeeze(1).tolist()
-    kept: list[int | None] = [None] * space.num_edges
+    strengths = probs.gather(1, index.unsqueeze(1)).squeeze(1).tolist()
+    indices: list[int | None] = [None] * space.num_edges
     for target in range(2, space.nodes + 2):
-        incoming = sorted(space.incoming_edges(target), key=lambda e: (-chosen[e.index], e.source))
-        for edge in incoming[:2]:
-            kept[edge.index] = int(index[edge.index])
-    return kept
+        for edge in strongest_inputs(space, target, strengths):
+            indices[edge.index] = int(index[edge.index])
+    return indices
 
 
 def without_none(alpha: torch.Tensor, space: SearchSpace) -> torch.Tensor:
@@ -116,7 +115,7 @@ class SearchCell(nn.Module):
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, indices: list[int | None] | None
     ):
-        """Run the cell; `indices` None mixes every primitive, and a None in it drops that edge."""
+        """Run the cell. With `indices` None every primitive is mixed, and a None entry drops its edge."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for target in range(2, self.space.nodes + 2):
             node = 0
@@ -166,7 +165,7 @@ class Supernet(nn.Module):
         for cell_type, alpha in self.alphas().items():
             if not self.space.sample_none:
                 alpha = without_none(alpha, self.space)
-            weights, index, probs = sample_with_scores(alpha, temperature, mode, generator)
+            weights, index, probs = sample_with_probs(alpha, temperature, mode, generator)
             # NOTE: the host must know the sampled primitives to run only those, so on a GPU the
             # hard and mode samples wait here for the work queued before them.
             if index is None:

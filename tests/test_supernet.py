@@ -285,7 +285,7 @@ def test_two_inputs_runs_two_edges_per_node(tiny_spec: InputSpec) -> None:
 
 
 @pytest.mark.parametrize("sample_two_inputs", [True, False])
-def test_two_inputs_mode_computes_the_derived_network(tiny_spec: InputSpec, sample_two_inputs: bool) -> None:
+def test_two_inputs_mode_equals_derived_network(tiny_spec: InputSpec, sample_two_inputs: bool) -> None:
     space = two_input_space(sample_two_inputs)
     supernet = make_supernet(space, tiny_spec)
     genotype = derive_genotype(space, {t: op_probs(a, space) for t, a in supernet.alphas().items()})
