@@ -501,6 +501,14 @@ METHODS["variant-default-800"] = Method(
     "BASE on the default space meta-trained for 800 outer steps, the default prior at commit 034d54c",
     _base, True, variant="default-800",
 )
+# The default prior's genotype with its weights meta-learned from random ones by the same outer
+# loop (configs/variants/default-genotype-full.json): the usual two-stage protocol of architecture
+# search, which trains the found architecture again without weight sharing.
+METHODS["variant-default-genotype-full"] = Method(
+    "the default prior's genotype, weights meta-learned again from random ones by the same outer loop, "
+    "with the default prior's meta-training budget",
+    _fixed_architecture, True, variant="default-genotype-full",
+)
 HEADLINE = (
     "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",
     "conv4-48-from-scratch",

@@ -94,6 +94,14 @@ class MetaTrainConfig:
                     f"fixed_genotype needs frozen alpha logits, but meta_lr_alpha is {self.meta_lr_alpha} and "
                     f"inner.inner_lr_alpha is {self.inner.inner_lr_alpha}; set both to 0"
                 )
+            space = self.search_space
+            if not (space.sample_none or space.sample_two_inputs):
+                # Without `none` in the draw, an edge the genotype drops would run a primitive drawn
+                # uniformly from the others, so the network trained would not be the genotype.
+                raise ConfigError(
+                    "fixed_genotype needs search_space.sample_none true, so that the edges the genotype drops "
+                    "stay empty, or sample_two_inputs true; both are false"
+                )
         if self.input_spec.height != self.input_spec.width:
             raise ValueError(
                 f"glyph tasks render square images; input_spec is {self.input_spec.height}x{self.input_spec.width}"

@@ -133,6 +133,15 @@ def test_fixed_genotype_needs_frozen_alphas(tiny_space: SearchSpace, tiny_spec: 
         dataclasses.replace(config, meta_lr_alpha=0.003)
 
 
+def test_fixed_genotype_needs_empty_dropped_edges(tiny_space: SearchSpace, tiny_spec: InputSpec) -> None:
+    genotype = random_genotype(tiny_space, np.random.default_rng(0))
+    without_none = dataclasses.replace(tiny_space, sample_none=False)
+    with pytest.raises(ConfigError, match="needs search_space.sample_none true"):
+        fixed_config(without_none, tiny_spec, genotype)
+    # Drawing two inputs per node drops the genotype's other edges, so that space is accepted.
+    fixed_config(dataclasses.replace(without_none, sample_two_inputs=True), tiny_spec, genotype)
+
+
 def test_fixed_genotype_keeps_architecture(tmp_path: Path) -> None:
     space = SearchSpace(channels=4, cells=2, reduce_cells=(1,), nodes=4)
     spec = InputSpec(height=16, width=16)
@@ -167,6 +176,12 @@ def test_variant_configs_load(path: Path) -> None:
         # The default prior before its run was extended: the default config with half the outer steps.
         assert dataclasses.replace(config, meta_steps=default.meta_steps) == default
         assert config.meta_steps * 2 == default.meta_steps
+    elif path.stem == "default-genotype-full":
+        # The default prior's genotype, fixed, with alphas frozen; `none` stays sampleable so that
+        # the edges the genotype drops stay empty.
+        assert config.fixed_genotype is not None
+        assert config.search_space == dataclasses.replace(default.search_space, sample_none=True)
+        assert config.meta_steps == default.meta_steps
     else:
         # The other variants change the prior that was the default on the DARTS cell space. The
         # width variant changes only the channels of its search space.
