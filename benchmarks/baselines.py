@@ -502,8 +502,8 @@ METHODS["variant-default-800"] = Method(
     _base, True, variant="default-800",
 )
 # The default prior's genotype with its weights meta-learned from random ones by the same outer
-# loop (configs/variants/default-genotype-full.json): the usual two-stage protocol of architecture
-# search, which trains the found architecture again without weight sharing.
+# loop (configs/variants/default-genotype-full.json). Architecture search usually trains the
+# architecture it finds a second time without weight sharing, and this row does the same.
 METHODS["variant-default-genotype-full"] = Method(
     "the default prior's genotype, weights meta-learned again from random ones by the same outer loop, "
     "with the default prior's meta-training budget",

@@ -99,8 +99,8 @@ class MetaTrainConfig:
                 # Without `none` in the draw, an edge the genotype drops would run a primitive drawn
                 # uniformly from the others, so the network trained would not be the genotype.
                 raise ConfigError(
-                    "fixed_genotype needs search_space.sample_none true, so that the edges the genotype drops "
-                    "stay empty, or sample_two_inputs true; both are false"
+                    "fixed_genotype needs search_space.sample_none or search_space.sample_two_inputs set to true, "
+                    "but both are false. Set sample_none to true so that the edges the genotype drops stay empty."
                 )
         if self.input_spec.height != self.input_spec.width:
             raise ValueError(
