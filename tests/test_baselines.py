@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from archadapt.conv4 import DEFAULT_CHANNELS, Conv4Network
+from archadapt.checkpoint import load_checkpoint
 from archadapt.config import FinetuneConfig, InnerLoopConfig, load_json
 from archadapt.cost_model import CostModel
 from archadapt.derivation import derive_genotype, genotype_logits, smallest_cost
@@ -21,7 +22,7 @@ from archadapt.genotype import Genotype
 from archadapt.network import count_parameters
 from archadapt.posterior import op_probs
 from archadapt.search_space import InputSpec, SearchSpace
-from archadapt.supernet import Supernet, sample_op_weights
+from archadapt.supernet import ALPHA_NAMES, Supernet, sample_op_weights
 from meta_trainer.config import MetaTrainConfig, TaskConfig
 from meta_trainer.outer_loop import MetaTrainer
 
@@ -135,11 +136,11 @@ def test_fixed_genotype_needs_frozen_alphas(tiny_space: SearchSpace, tiny_spec: 
 
 def test_fixed_genotype_needs_empty_dropped_edges(tiny_space: SearchSpace, tiny_spec: InputSpec) -> None:
     genotype = random_genotype(tiny_space, np.random.default_rng(0))
-    without_none = dataclasses.replace(tiny_space, sample_none=False)
+    space_without_none = dataclasses.replace(tiny_space, sample_none=False)
     with pytest.raises(ConfigError, match="needs search_space.sample_none or search_space.sample_two_inputs"):
-        fixed_config(without_none, tiny_spec, genotype)
+        fixed_config(space_without_none, tiny_spec, genotype)
     # Drawing two inputs per node drops the genotype's other edges, so that space is accepted.
-    fixed_config(dataclasses.replace(without_none, sample_two_inputs=True), tiny_spec, genotype)
+    fixed_config(dataclasses.replace(space_without_none, sample_two_inputs=True), tiny_spec, genotype)
 
 
 def test_fixed_genotype_keeps_architecture(tmp_path: Path) -> None:
@@ -177,11 +178,23 @@ def test_variant_configs_load(path: Path) -> None:
         assert dataclasses.replace(config, meta_steps=default.meta_steps) == default
         assert config.meta_steps * 2 == default.meta_steps
     elif path.stem == "default-genotype-full":
-        # The default prior's genotype, fixed, with alphas frozen. Sampling may still draw `none`,
-        # so the edges the genotype drops stay empty.
-        assert config.fixed_genotype is not None
+        # The committed prior's genotype, fixed, with alphas frozen. Sampling may still draw `none`,
+        # so the edges the genotype drops stay empty. Everything else is the default config.
+        committed = load_checkpoint(path.parents[2] / "checkpoints" / "default")
+        probs = {cell_type: op_probs(committed.prior.parameters[name], committed.space) for cell_type, name in ALPHA_NAMES.items()}
+        assert Genotype.from_dict(config.fixed_genotype) == derive_genotype(committed.space, probs)
         assert config.search_space == dataclasses.replace(default.search_space, sample_none=True)
-        assert config.meta_steps == default.meta_steps
+        assert config.meta_lr_alpha == 0
+        assert config.inner.inner_lr_alpha == 0
+        unfixed = dataclasses.replace(
+            config,
+            search_space=default.search_space,
+            fixed_genotype=None,
+            meta_lr_alpha=default.meta_lr_alpha,
+            alpha_warmup_steps=default.alpha_warmup_steps,
+            inner=dataclasses.replace(config.inner, inner_lr_alpha=default.inner.inner_lr_alpha),
+        )
+        assert unfixed == default
     else:
         # The other variants change the prior that was the default on the DARTS cell space. The
         # width variant changes only the channels of its search space.
