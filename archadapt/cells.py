@@ -41,7 +41,8 @@ def make_preprocess(c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool,
 def cell_channels(space: SearchSpace) -> list[tuple[int, int, int, bool, bool]]:
     """Return (c_prev_prev, c_prev, c, reduction, reduction_prev) for every cell.
 
-    Each reduction cell doubles the channels; a cell outputs `nodes * c` channels.
+    Each reduction cell doubles the channels, unless the space sets constant_channels; a cell
+    outputs `nodes * c` channels.
     """
     stem_channels = 2 * space.channels
     c_prev_prev, c_prev, c = stem_channels, stem_channels, space.channels
@@ -49,7 +50,7 @@ def cell_channels(space: SearchSpace) -> list[tuple[int, int, int, bool, bool]]:
     layout = []
     for cell_type in space.cell_types():
         reduction = cell_type == "reduce"
-        if reduction:
+        if reduction and not space.constant_channels:
             c *= 2
         layout.append((c_prev_prev, c_prev, c, reduction, reduction_prev))
         c_prev_prev, c_prev = c_prev, space.nodes * c

@@ -64,6 +64,10 @@ class SearchSpace:
     # Whether each hard or mode sample keeps only the two inputs per node that derivation would
     # keep, so the supernet trains networks of the shape it returns.
     sample_two_inputs: bool = False
+    # Whether reduction cells keep the channel count instead of doubling it. With every cell a
+    # reduction cell, this gives the macro layout of MAML's 4-layer network: blocks of one
+    # width, each halving the resolution.
+    constant_channels: bool = False
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.primitives if p not in ALLOWED_PRIMITIVES]
@@ -81,7 +85,7 @@ class SearchSpace:
             raise ConfigError(f"cells is {self.cells}; allowed: 1 to 20")
         if not 4 <= self.channels <= 256:
             raise ConfigError(f"channels is {self.channels}; allowed: 4 to 256")
-        for name in ("sample_none", "final_relu", "sample_two_inputs"):
+        for name in ("sample_none", "final_relu", "sample_two_inputs", "constant_channels"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}; use true or false")
         if self.sample_two_inputs and self.sample_none:
@@ -128,12 +132,14 @@ class SearchSpace:
             "final_relu": self.final_relu,
             # Written only when set, so the spaces of earlier checkpoints keep their exact dict.
             **({"sample_two_inputs": True} if self.sample_two_inputs else {}),
+            **({"constant_channels": True} if self.constant_channels else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
         allowed = {
             "primitives", "nodes", "cells", "channels", "reduce_cells", "sample_none", "final_relu", "sample_two_inputs",
+            "constant_channels",
         }
         unknown = set(data) - allowed
         if unknown:

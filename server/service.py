@@ -104,7 +104,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                 primitives=list(space.primitives), nodes=space.nodes, cells=space.cells,
                 reduce_cells=list(space.reduce_cells), channels=space.channels,
                 never_sample_none=not space.sample_none, final_relu=space.final_relu,
-                sample_two_inputs=space.sample_two_inputs,
+                sample_two_inputs=space.sample_two_inputs, constant_channels=space.constant_channels,
             ),
             limits=self.jobs.limits.to_proto(),
             archadapt_version=archadapt.__version__,

@@ -31,6 +31,8 @@ CASES = [
     (SearchSpace(channels=4, cells=5, reduce_cells=(1, 2), nodes=3), InputSpec(channels=3, height=17, width=13, mean=(0.5,) * 3, std=(0.5,) * 3), 5),
     # A space with the plain 3x3 convolution beside DARTS primitives.
     (SearchSpace(primitives=("none", "skip_connect", "max_pool_3x3", "conv_3x3", "sep_conv_3x3"), channels=8, cells=3, reduce_cells=(0, 2), nodes=2), InputSpec(), 7),
+    # Every cell a reduction cell at one width: sides 28, 14, 7, 4, 2, so FactorizedReduce meets odd sides.
+    (SearchSpace(primitives=("none", "skip_connect", "max_pool_3x3", "conv_3x3", "dil_conv_3x3"), channels=6, cells=4, reduce_cells=(0, 1, 2, 3), nodes=2, constant_channels=True), InputSpec(), 5),
 ]
 
 

@@ -173,11 +173,19 @@ def test_derived_network_rejects_invalid_genotype() -> None:
         DerivedNetwork(SPACE, SPEC, invalid, len(CLASS_NAMES))
 
 
-def test_conv_3x3_network_exports() -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"cells": 2, "reduce_cells": (1,)},
+        # Every cell halves the resolution at one width (28, 14, 7, 4, 2), as MAML's 4-layer network does.
+        {"cells": 4, "reduce_cells": (0, 1, 2, 3), "constant_channels": True},
+    ],
+)
+def test_conv_3x3_network_exports(layout: dict) -> None:
     """A space with `conv_3x3` and a final ReLU inherits the supernet's weights and exports like the DARTS ones."""
     space = SearchSpace(
-        primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, cells=2, reduce_cells=(1,), nodes=2,
-        sample_none=False, final_relu=True,
+        primitives=("none", "max_pool_3x3", "conv_3x3"), channels=4, nodes=2, sample_none=False, final_relu=True,
+        **layout,
     )
     cell = (("conv_3x3", 0), ("conv_3x3", 1), ("max_pool_3x3", 0), ("conv_3x3", 2))
     genotype = Genotype(normal=cell, reduce=cell)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from archadapt.cells import cell_channels, embedding_dim
 from archadapt.errors import ConfigError
 from archadapt.operations import OPS
 from archadapt.search_space import ALLOWED_PRIMITIVES, PRIMITIVES, InputSpec, SearchSpace
@@ -90,6 +91,21 @@ def test_search_space_dict_round_trip() -> None:
     assert SearchSpace.from_dict(space.to_dict()) == space
 
 
+def test_constant_channels_round_trips_and_is_left_out_when_off() -> None:
+    space = SearchSpace(channels=8, cells=3, reduce_cells=(0, 1, 2), constant_channels=True)
+    assert space.to_dict()["constant_channels"] is True
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    # Spaces without the setting keep the dict that earlier checkpoints store.
+    assert "constant_channels" not in SearchSpace().to_dict()
+
+
+@pytest.mark.parametrize("constant_channels, widths", [(False, [16, 32, 64, 128]), (True, [8, 8, 8, 8])])
+def test_reduction_cells_double_channels_unless_constant(constant_channels: bool, widths: list[int]) -> None:
+    space = SearchSpace(channels=8, cells=4, reduce_cells=(0, 1, 2, 3), nodes=2, constant_channels=constant_channels)
+    assert [c for _, _, c, _, _ in cell_channels(space)] == widths
+    assert embedding_dim(space) == 2 * widths[-1]  # the last cell concatenates its 2 intermediate nodes
+
+
 @pytest.mark.parametrize(
     ("values", "bad_value"),
     [
@@ -148,7 +164,7 @@ def test_input_spec_dict_round_trip() -> None:
     assert InputSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("name", ["sample_none", "final_relu", "sample_two_inputs"])
+@pytest.mark.parametrize("name", ["sample_none", "final_relu", "sample_two_inputs", "constant_channels"])
 def test_non_boolean_switch_is_rejected(name: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid {name} 'no'"):
         SearchSpace(**{name: "no"})

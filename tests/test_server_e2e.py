@@ -717,7 +717,9 @@ def test_info_reports_none_sampling_and_final_relu() -> None:
     assert info.search_space.never_sample_none == (not checkpoint.space.sample_none)
     assert info.search_space.final_relu == checkpoint.space.final_relu
     assert info.search_space.sample_two_inputs == checkpoint.space.sample_two_inputs
+    assert info.search_space.constant_channels == checkpoint.space.constant_channels
     assert info.search_space.never_sample_none and info.search_space.final_relu
     text = format_server_info(info)
     assert "samples none: no" in text
+    assert f"reduction cells double the channels: {'no' if checkpoint.space.constant_channels else 'yes'}" in text
     assert "ReLU before pooling: yes" in text

@@ -525,6 +525,7 @@ def format_server_info(info: archadapt_pb2.ServerInfo) -> str:
         f"  samples none: {'no' if space.never_sample_none else 'yes'}",
         f"  ReLU before pooling: {'yes' if space.final_relu else 'no'}",
         f"  two inputs per node in samples: {'yes' if space.sample_two_inputs else 'no'}",
+        f"  reduction cells double the channels: {'no' if space.constant_channels else 'yes'}",
         "request limits:",
         f"  images: at most {limits.max_images}",
         f"  classes: {limits.min_classes} to {limits.max_classes}",

@@ -224,7 +224,7 @@ class InputSpec(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchSpace(_message.Message):
-    __slots__ = ("primitives", "nodes", "cells", "reduce_cells", "channels", "never_sample_none", "final_relu", "sample_two_inputs")
+    __slots__ = ("primitives", "nodes", "cells", "reduce_cells", "channels", "never_sample_none", "final_relu", "sample_two_inputs", "constant_channels")
     PRIMITIVES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class SearchSpace(_message.Message):
     NEVER_SAMPLE_NONE_FIELD_NUMBER: _ClassVar[int]
     FINAL_RELU_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_TWO_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CONSTANT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     primitives: _containers.RepeatedScalarFieldContainer[str]
     nodes: int
     cells: int
@@ -241,7 +242,8 @@ class SearchSpace(_message.Message):
     never_sample_none: bool
     final_relu: bool
     sample_two_inputs: bool
-    def __init__(self, primitives: _Optional[_Iterable[str]] = ..., nodes: _Optional[int] = ..., cells: _Optional[int] = ..., reduce_cells: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., never_sample_none: _Optional[bool] = ..., final_relu: _Optional[bool] = ..., sample_two_inputs: _Optional[bool] = ...) -> None: ...
+    constant_channels: bool
+    def __init__(self, primitives: _Optional[_Iterable[str]] = ..., nodes: _Optional[int] = ..., cells: _Optional[int] = ..., reduce_cells: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., never_sample_none: _Optional[bool] = ..., final_relu: _Optional[bool] = ..., sample_two_inputs: _Optional[bool] = ..., constant_channels: _Optional[bool] = ...) -> None: ...
 
 class RequestLimits(_message.Message):
     __slots__ = ("max_images", "min_classes", "max_classes", "max_image_side", "max_request_bytes", "max_image_pixels", "max_dataset_bytes")
