@@ -509,6 +509,14 @@ METHODS["variant-default-genotype-full"] = Method(
     "with the default prior's meta-training budget",
     _fixed_architecture, True, variant="default-genotype-full",
 )
+# BASE on a space laid out like MAML's 4-layer network (configs/variants/reduce-every-cell.json):
+# 4 reduction cells at one width of 24 channels, so every genotype has fewer parameters than that
+# network. The rest is the default config.
+METHODS["variant-reduce-every-cell"] = Method(
+    "BASE on a space of 4 reduction cells that keep 24 channels, the 4-layer network's macro layout, "
+    "with the default prior's meta-training budget",
+    _base, True, variant="reduce-every-cell",
+)
 HEADLINE = (
     "base", "base-fixed-architecture", "random-genotype", "darts-from-scratch", "logistic-regression", "conv4-from-scratch",
     "conv4-48-from-scratch",

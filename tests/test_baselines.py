@@ -195,6 +195,14 @@ def test_variant_configs_load(path: Path) -> None:
             inner=dataclasses.replace(config.inner, inner_lr_alpha=default.inner.inner_lr_alpha),
         )
         assert unfixed == default
+    elif path.stem == "reduce-every-cell":
+        # The default config on a space of reduction cells that keep the channels; only the
+        # layout and the width change.
+        space = config.search_space
+        assert space.constant_channels and space.reduce_cells == tuple(range(space.cells))
+        layout = {"channels": space.channels, "cells": space.cells, "reduce_cells": space.reduce_cells, "constant_channels": True}
+        assert dataclasses.replace(default.search_space, **layout) == space
+        assert dataclasses.replace(config, search_space=default.search_space) == default
     else:
         # The other variants change the prior that was the default on the DARTS cell space. The
         # width variant changes only the channels of its search space.
