@@ -168,6 +168,20 @@ def test_darts_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squa
     assert fresh.accuracy != pytest.approx(1.0 / task.way)
 
 
+def largest_parameters(model: CostModel) -> int:
+    """Return the most parameters of any genotype of the space: the two costliest inputs of every node."""
+    none_index = model.space.primitives.index("none")
+    total = model.fixed.parameters
+    for costs in model.edge_costs["parameters"].values():
+        costs = costs.clone()
+        costs[:, none_index] = 0.0
+        costliest = costs.max(dim=1).values  # (E,)
+        for target in range(2, model.space.nodes + 2):
+            incoming = sorted((float(costliest[edge.index]) for edge in model.space.incoming_edges(target)), reverse=True)
+            total += int(incoming[0] + incoming[1])
+    return total
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "variants").glob("*.json")), ids=lambda p: p.stem)
 def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
@@ -196,13 +210,17 @@ def test_variant_configs_load(path: Path) -> None:
         )
         assert unfixed == default
     elif path.stem == "reduce-every-cell":
-        # The default config on a space of reduction cells that keep the channels; only the
-        # layout and the width change.
+        # The default config on a space of reduction cells that keep the channels. Only the layout
+        # and the width change, and no genotype of the space is as large as the 4-layer network.
         space = config.search_space
-        assert space.constant_channels and space.reduce_cells == tuple(range(space.cells))
+        assert space.constant_channels
+        assert space.reduce_cells == tuple(range(space.cells))
         layout = {"channels": space.channels, "cells": space.cells, "reduce_cells": space.reduce_cells, "constant_channels": True}
         assert dataclasses.replace(default.search_space, **layout) == space
         assert dataclasses.replace(config, search_space=default.search_space) == default
+        for way in (5, 20):
+            conv4 = count_parameters(Conv4Network(config.input_spec, DEFAULT_CHANNELS, way))
+            assert largest_parameters(CostModel.build(space, config.input_spec, way)) < conv4
     else:
         # The other variants change the prior that was the default on the DARTS cell space. The
         # width variant changes only the channels of its search space.
