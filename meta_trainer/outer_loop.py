@@ -135,14 +135,20 @@ def restore_optimizer(optimizer: torch.optim.Adam, supernet: Supernet, tensors: 
             }
 
 
+# Config fields that only decide where a run stops. No schedule depends on them, so a finished run resumed
+# with a larger meta_steps continues exactly as a longer run from the first step would.
+RUN_LENGTH_FIELDS = ("meta_steps", "max_wall_minutes")
+
+
 def is_same_config(recorded: dict, config: MetaTrainConfig) -> bool:
-    """Return whether a checkpoint's recorded config equals `config`.
+    """Return whether a checkpoint's recorded config equals `config`, apart from the run length.
 
     Fields added to MetaTrainConfig after the checkpoint was written take their defaults, so a run
     started before a new field existed still resumes.
     """
+    run_length = {name: getattr(config, name) for name in RUN_LENGTH_FIELDS}
     try:
-        return from_dict(MetaTrainConfig, recorded) == config
+        return from_dict(MetaTrainConfig, {**recorded, **run_length}) == config
     except (ValueError, TypeError):  # ConfigError is a ValueError
         return False
 
@@ -222,8 +228,14 @@ class MetaTrainer:
         checkpoint = load_checkpoint(source, self.device)
         if not is_same_config(checkpoint.config, self.config):
             raise ValueError(
-                f"checkpoint in {self.output_dir} was made with another config; "
+                f"checkpoint in {self.output_dir} was made with another config (only meta_steps and "
+                "max_wall_minutes may differ); "
                 "pass the same config or choose another output directory"
+            )
+        if checkpoint.config.get("meta_steps") != self.config.meta_steps:
+            logger.info(
+                "the checkpoint was made with meta_steps %s; continuing to meta_steps %d",
+                checkpoint.config.get("meta_steps"), self.config.meta_steps,
             )
         with torch.no_grad():
             for name, parameter in self.supernet.named_parameters():

@@ -10,6 +10,11 @@ if [ -z "$names" ]; then
 fi
 for name in $names; do
     echo "meta-training variant $name"
+    if [ "$name" = default-3200 ] && [ ! -e ".cache/variants/$name" ]; then
+        # This variant continues the committed prior's run, so it starts from that checkpoint.
+        mkdir -p .cache/variants
+        cp -r checkpoints/default ".cache/variants/$name"
+    fi
     .venv/bin/python -m meta_trainer --config "configs/variants/$name.json" --output ".cache/variants/$name" \
         --final-tasks 5 --threads 1
 done

@@ -214,6 +214,21 @@ def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) ->
     assert not backup_directory(run_dir).exists()
 
 
+def test_longer_run_continues_finished_one(finished_run, tmp_path: Path) -> None:
+    """A run of 1 outer step, resumed with meta_steps 2, ends where the 2-step run ended."""
+    config, bank, _, _, final = finished_run
+    MetaTrainer(replace(config, meta_steps=1, max_wall_minutes=5), tmp_path, bank=bank).train()
+    trainer = MetaTrainer(config, tmp_path, bank=bank)
+    assert trainer.resume()
+    assert trainer.state.step == 1
+    trainer.train()
+    assert trainer.state.step == 2
+    resumed = parameters_of(trainer)
+    for name, tensor in final.items():
+        assert torch.equal(resumed[name], tensor), name
+    assert load_checkpoint(tmp_path).config["meta_steps"] == 2
+
+
 def test_resume_rejects_other_config(finished_run) -> None:
     config, bank, output_dir, _, _ = finished_run
     other = make_config(
