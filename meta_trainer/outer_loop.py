@@ -135,8 +135,8 @@ def restore_optimizer(optimizer: torch.optim.Adam, supernet: Supernet, tensors: 
             }
 
 
-# Config fields that only decide where a run stops. No schedule depends on them, so a finished run resumed
-# with a larger meta_steps continues exactly as a longer run from the first step would.
+# Config fields that only decide where a run stops. No schedule depends on them, so a finished
+# run resumed with a larger meta_steps continues exactly as a longer run from the first step would.
 RUN_LENGTH_FIELDS = ("meta_steps", "max_wall_minutes")
 
 
