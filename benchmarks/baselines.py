@@ -509,12 +509,12 @@ METHODS["variant-default-genotype-full"] = Method(
     "with the default prior's meta-training budget",
     _fixed_architecture, True, variant="default-genotype-full",
 )
-# BASE adapting the default prior's run continued from 1,600 to 3,200 outer steps
-# (configs/variants/default-3200.json). Copy checkpoints/default into the variant's directory
-# first, and the run resumes from it.
-METHODS["variant-default-3200"] = Method(
-    "BASE on the default space meta-trained for 3,200 outer steps, twice the default prior's",
-    _base, True, variant="default-3200",
+# BASE adapting the default prior's run continued from 1,600 to 2,800 outer steps
+# (configs/variants/default-2800.json). scripts/train_variants.sh copies checkpoints/default into
+# the variant's directory first, so the run resumes from it.
+METHODS["variant-default-2800"] = Method(
+    "BASE on the default space meta-trained for 2,800 outer steps, the default prior's run continued",
+    _base, True, variant="default-2800",
 )
 # BASE on a space laid out like MAML's 4-layer network (configs/variants/reduce-every-cell.json):
 # 4 reduction cells at one width of 24 channels, so every genotype has fewer parameters than that

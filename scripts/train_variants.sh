@@ -10,7 +10,7 @@ if [ -z "$names" ]; then
 fi
 for name in $names; do
     echo "meta-training variant $name"
-    if [ "$name" = default-3200 ] && [ ! -e ".cache/variants/$name" ]; then
+    if [ "$name" = default-2800 ] && [ ! -e ".cache/variants/$name" ]; then
         # This variant continues the committed prior's run, so it starts from that checkpoint.
         mkdir -p .cache/variants
         cp -r checkpoints/default ".cache/variants/$name"

@@ -191,11 +191,11 @@ def test_variant_configs_load(path: Path) -> None:
         # The default prior before its run was extended: the default config with half the outer steps.
         assert dataclasses.replace(config, meta_steps=default.meta_steps) == default
         assert config.meta_steps * 2 == default.meta_steps
-    elif path.stem == "default-3200":
-        # The default prior's run continued: twice the outer steps, with time for them.
+    elif path.stem == "default-2800":
+        # The default prior's run continued to 2,800 outer steps, with wall time in proportion.
         assert dataclasses.replace(config, meta_steps=default.meta_steps, max_wall_minutes=default.max_wall_minutes) == default
-        assert config.meta_steps == 2 * default.meta_steps
-        assert config.max_wall_minutes == 2 * default.max_wall_minutes
+        assert config.meta_steps == 2800
+        assert config.max_wall_minutes * default.meta_steps == default.max_wall_minutes * config.meta_steps
     elif path.stem == "default-genotype-full":
         # The committed prior's genotype, fixed, with alphas frozen. Sampling may still draw `none`,
         # so the edges the genotype drops stay empty. Everything else is the default config.
