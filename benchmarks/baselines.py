@@ -516,6 +516,13 @@ METHODS["variant-default-2800"] = Method(
     "BASE on the default space meta-trained for 2,800 outer steps, the default prior's run continued",
     _base, True, variant="default-2800",
 )
+# The 4-layer network's run continued from 1,600 to 2,800 outer steps
+# (configs/variants/conv4-2800.json), to compare with BASE at the same longer budget.
+# scripts/train_variants.sh starts it from the conv4-full checkpoint.
+METHODS["variant-conv4-2800"] = Method(
+    "4-layer convolutional network meta-learned by the same outer loop for 2,800 outer steps, its 1,600-step run continued",
+    _fixed_architecture, True, variant="conv4-2800",
+)
 # BASE on a space laid out like MAML's 4-layer network (configs/variants/reduce-every-cell.json):
 # 4 reduction cells at one width of 24 channels, so every genotype has fewer parameters than that
 # network. The rest is the default config.

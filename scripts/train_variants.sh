@@ -6,14 +6,25 @@ set -e
 cd "$(dirname "$0")/.."
 names="$*"
 if [ -z "$names" ]; then
-    names=$(for config in configs/variants/*.json; do basename "$config" .json; done)
+    # The 2,800-step variants go last because they continue the checkpoints of others.
+    all=$(for config in configs/variants/*.json; do basename "$config" .json; done)
+    names="$(echo "$all" | grep -v -- '-2800$') $(echo "$all" | grep -- '-2800$')"
 fi
 for name in $names; do
     echo "meta-training variant $name"
-    if [ "$name" = default-2800 ] && [ ! -e ".cache/variants/$name" ]; then
-        # This variant continues the committed prior's run, so it starts from that checkpoint.
+    # The 2,800-step variants continue a 1,600-step run, so they start from its checkpoint.
+    case "$name" in
+        default-2800) start=checkpoints/default ;;
+        conv4-2800) start=.cache/variants/conv4-full ;;
+        *) start= ;;
+    esac
+    if [ -n "$start" ] && [ ! -e ".cache/variants/$name" ]; then
+        if [ ! -e "$start/checkpoint.json" ]; then
+            echo "variant $name continues $start, which has no checkpoint; meta-train it first" >&2
+            exit 1
+        fi
         mkdir -p .cache/variants
-        cp -r checkpoints/default ".cache/variants/$name"
+        cp -r "$start" ".cache/variants/$name"
     fi
     .venv/bin/python -m meta_trainer --config "configs/variants/$name.json" --output ".cache/variants/$name" \
         --final-tasks 5 --threads 1

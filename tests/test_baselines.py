@@ -231,6 +231,11 @@ def test_variant_configs_load(path: Path) -> None:
         # width variant changes only the channels of its search space.
         assert dataclasses.replace(config.search_space, channels=darts_space.search_space.channels) == darts_space.search_space
         assert (config.search_space.channels != darts_space.search_space.channels) == path.stem.startswith("channels-")
+    if path.stem == "conv4-2800":
+        # The conv4-full run continued to 2,800 outer steps, with wall time in proportion.
+        conv4 = load_json(MetaTrainConfig, path.parent / "conv4-full.json")
+        assert dataclasses.replace(config, meta_steps=conv4.meta_steps, max_wall_minutes=conv4.max_wall_minutes) == conv4
+        assert config.max_wall_minutes * conv4.meta_steps == conv4.max_wall_minutes * config.meta_steps
     assert config.input_spec == default.input_spec
     assert f"variant-{path.stem}" in METHODS, f"configs/variants/{path.name} has no row in benchmarks/baselines.py"
 
