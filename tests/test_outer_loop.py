@@ -131,6 +131,13 @@ def parameters_of(trainer: MetaTrainer) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in trainer.supernet.named_parameters()}
 
 
+def assert_parameters_equal(trainer: MetaTrainer, expected: dict[str, torch.Tensor]) -> None:
+    actual = parameters_of(trainer)
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[MetaTrainConfig, GlyphBank, Path, Path, dict]:
     """Run 2 outer steps; keep a copy of the checkpoint that step 1 wrote."""
@@ -192,9 +199,7 @@ def test_resumed_run_matches_uninterrupted(finished_run) -> None:
     assert trainer.state.step == 1
     trainer.train()
     assert trainer.state.step == 2
-    resumed = parameters_of(trainer)
-    for name, tensor in final.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert_parameters_equal(trainer, final)
 
 
 def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) -> None:
@@ -205,9 +210,7 @@ def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) ->
     trainer = MetaTrainer(config, run_dir, bank=bank)
     assert trainer.resume()
     assert trainer.state.step == 2
-    resumed = parameters_of(trainer)
-    for name, tensor in final.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert_parameters_equal(trainer, final)
 
     trainer.save()
     assert load_checkpoint(run_dir).state["step"] == 2
@@ -223,9 +226,7 @@ def test_longer_run_continues_finished_one(finished_run, tmp_path: Path) -> None
     assert trainer.state.step == 1
     trainer.train()
     assert trainer.state.step == 2
-    resumed = parameters_of(trainer)
-    for name, tensor in final.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert_parameters_equal(trainer, final)
     assert load_checkpoint(tmp_path).config["meta_steps"] == 2
 
 
