@@ -41,7 +41,7 @@ def make_preprocess(c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool,
 def cell_channels(space: SearchSpace) -> list[tuple[int, int, int, bool, bool]]:
     """Return (c_prev_prev, c_prev, c, reduction, reduction_prev) for every cell.
 
-    Each reduction cell doubles the channels, unless the space sets constant_channels; a cell
+    Each reduction cell doubles the channels unless the space sets constant_channels. A cell
     outputs `nodes * c` channels.
     """
     stem_channels = 2 * space.channels

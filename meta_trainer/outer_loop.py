@@ -234,7 +234,7 @@ class MetaTrainer:
             )
         if checkpoint.config.get("meta_steps") != self.config.meta_steps:
             logger.info(
-                "the checkpoint was made with meta_steps %s; continuing to meta_steps %d",
+                "continuing the run from its recorded meta_steps %s to meta_steps %d",
                 checkpoint.config.get("meta_steps"), self.config.meta_steps,
             )
         with torch.no_grad():

@@ -20,7 +20,7 @@ for name in $names; do
     esac
     if [ -n "$start" ] && [ ! -e ".cache/variants/$name" ]; then
         if [ ! -e "$start/checkpoint.json" ]; then
-            echo "variant $name continues $start, which has no checkpoint; meta-train it first" >&2
+            echo "variant $name continues $start, but $start/checkpoint.json is missing. Meta-train that run first." >&2
             exit 1
         fi
         mkdir -p .cache/variants

@@ -169,7 +169,7 @@ def test_darts_starts_from_pretrained_weights(tiny_space, tiny_spec, corner_squa
 
 
 def largest_parameters(model: CostModel) -> int:
-    """Return the most parameters of any genotype of the space: the two costliest inputs of every node."""
+    """Return the maximum parameter count of any genotype of the space: the two costliest inputs of every node."""
     none_index = model.space.primitives.index("none")
     total = model.fixed.parameters
     for costs in model.edge_costs["parameters"].values():

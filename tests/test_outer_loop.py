@@ -217,7 +217,7 @@ def test_resume_from_backup_of_interrupted_save(finished_run, tmp_path: Path) ->
     assert not backup_directory(run_dir).exists()
 
 
-def test_longer_run_continues_finished_one(finished_run, tmp_path: Path) -> None:
+def test_longer_run_continues_finished(finished_run, tmp_path: Path) -> None:
     """A run of 1 outer step, resumed with meta_steps 2, ends where the 2-step run ended."""
     config, bank, _, _, final = finished_run
     MetaTrainer(replace(config, meta_steps=1, max_wall_minutes=5), tmp_path, bank=bank).train()

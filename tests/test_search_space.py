@@ -100,7 +100,7 @@ def test_constant_channels_round_trip() -> None:
 
 
 @pytest.mark.parametrize("constant_channels, widths", [(False, [16, 32, 64, 128]), (True, [8, 8, 8, 8])])
-def test_reduction_cells_double_channels_unless_constant(constant_channels: bool, widths: list[int]) -> None:
+def test_constant_channels_cell_widths(constant_channels: bool, widths: list[int]) -> None:
     space = SearchSpace(channels=8, cells=4, reduce_cells=(0, 1, 2, 3), nodes=2, constant_channels=constant_channels)
     assert [c for _, _, c, _, _ in cell_channels(space)] == widths
     assert embedding_dim(space) == 2 * widths[-1]  # the last cell concatenates its 2 intermediate nodes
