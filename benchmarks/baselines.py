@@ -465,11 +465,11 @@ METHODS.update({
     )
     for name, description in SHORT_VARIANTS.items()
 })
-# Meta-training budget of each "-full" row. The conv4 row gets the default prior's 1,600 outer
-# steps. The other two keep the 800 steps that configs/default.json set before, because 800
-# steps of either took over 30 minutes on 2 cores.
+# Meta-training budget of each "-full" row. The conv4 row gets the 1,600 outer steps that
+# configs/default.json set until 2026-12-06. The other two keep the 800 steps it set before
+# that, because 800 steps of either took over 30 minutes on 2 cores.
 FULL_BUDGETS = {
-    "conv4": "with the default prior's meta-training budget",
+    "conv4": "meta-trained for 1,600 outer steps, the default prior's budget until 2026-12-06",
     "darts-cell": "meta-trained for 800 outer steps, half the default prior's",
     "pretrained-supernet": "trained for 800 outer steps, half the default prior's",
 }
@@ -505,22 +505,22 @@ METHODS["variant-default-800"] = Method(
 # loop (configs/variants/default-genotype-full.json). Architecture search usually trains the
 # architecture it finds a second time without weight sharing, and this row does the same.
 METHODS["variant-default-genotype-full"] = Method(
-    "the default prior's genotype, weights meta-learned again from random ones by the same outer loop, "
-    "with the default prior's meta-training budget",
+    "the 1,600-step default prior's genotype, weights meta-learned again from random ones by the same outer loop "
+    "for 1,600 outer steps",
     _fixed_architecture, True, variant="default-genotype-full",
 )
-# BASE adapting the default prior's run continued from 1,600 to 2,800 outer steps
-# (configs/variants/default-2800.json). scripts/train_variants.sh copies checkpoints/default into
-# the variant's directory first, so the run resumes from it.
-METHODS["variant-default-2800"] = Method(
-    "BASE on the default space meta-trained for 2,800 outer steps, the default prior's run continued",
-    _base, True, variant="default-2800",
+# BASE adapting the default prior at commit ab15996, trained with the default config and 1,600
+# outer steps (configs/variants/default-1600.json). The default prior's run continued this
+# checkpoint to 2,800 steps. The benchmarked checkpoint is checkpoints/default at that commit.
+METHODS["variant-default-1600"] = Method(
+    "BASE on the default space meta-trained for 1,600 outer steps, the default prior at commit ab15996",
+    _base, True, variant="default-1600",
 )
 # The 4-layer network's run continued from 1,600 to 2,800 outer steps
-# (configs/variants/conv4-2800.json), to compare with BASE at the same longer budget.
+# (configs/variants/conv4-2800.json), to compare with BASE at the default prior's budget.
 # scripts/train_variants.sh starts it from the conv4-full checkpoint.
 METHODS["variant-conv4-2800"] = Method(
-    "4-layer convolutional network meta-learned by the same outer loop for 2,800 outer steps, its 1,600-step run continued",
+    "4-layer convolutional network meta-learned by the same outer loop for 2,800 outer steps, the default prior's budget",
     _fixed_architecture, True, variant="conv4-2800",
 )
 # BASE on a space laid out like MAML's 4-layer network (configs/variants/reduce-every-cell.json):
@@ -528,7 +528,7 @@ METHODS["variant-conv4-2800"] = Method(
 # network. The rest is the default config.
 METHODS["variant-reduce-every-cell"] = Method(
     "BASE on a space of 4 reduction cells that keep 24 channels, the 4-layer network's macro layout, "
-    "with the default prior's meta-training budget",
+    "meta-trained for 1,600 outer steps",
     _base, True, variant="reduce-every-cell",
 )
 HEADLINE = (
@@ -592,8 +592,8 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "- Accuracy: mean over tasks with a 95% confidence interval. Difference: the paired per-task "
         "difference from the reference row on the tasks both ran, with its 95% interval. The reference "
         "is BASE, except for the variants meta-trained for 60 outer steps, whose reference is the base "
-        "variant (the same meta-training budget). Rows \"with the default prior's meta-training budget\" adapt "
-        "checkpoints trained with its limits (1,600 outer steps or 60 minutes, whichever ends first).",
+        "variant (the same meta-training budget). The BASE row's checkpoint meta-trained for "
+        f"{checkpoint.state.get('step')} outer steps.",
         "",
     ]
     for setting in settings:

@@ -6,15 +6,14 @@ set -e
 cd "$(dirname "$0")/.."
 names="$*"
 if [ -z "$names" ]; then
-    # The 2,800-step variants go last because they continue the checkpoints of others.
+    # The 2,800-step variant goes last because it continues the conv4-full checkpoint.
     all=$(for config in configs/variants/*.json; do basename "$config" .json; done)
     names="$(echo "$all" | grep -v -- '-2800$') $(echo "$all" | grep -- '-2800$')"
 fi
 for name in $names; do
     echo "meta-training variant $name"
-    # The 2,800-step variants continue a 1,600-step run, so they start from its checkpoint.
+    # The 2,800-step variant continues a 1,600-step run, so it starts from that checkpoint.
     case "$name" in
-        default-2800) start=checkpoints/default ;;
         conv4-2800) start=.cache/variants/conv4-full ;;
         *) start= ;;
     esac

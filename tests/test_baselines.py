@@ -187,14 +187,16 @@ def test_variant_configs_load(path: Path) -> None:
     config = load_json(MetaTrainConfig, path)
     default = load_json(MetaTrainConfig, path.parents[1] / "default.json")
     darts_space = load_json(MetaTrainConfig, path.parent / "darts-space-full.json")
+    # The default config at 1,600 outer steps, the budget of the rows that compare with that prior.
+    default_1600 = load_json(MetaTrainConfig, path.parent / "default-1600.json")
     if path.stem == "default-800":
-        # The default prior before its run was extended: the default config with half the outer steps.
-        assert dataclasses.replace(config, meta_steps=default.meta_steps) == default
-        assert config.meta_steps * 2 == default.meta_steps
-    elif path.stem == "default-2800":
-        # The default prior's run continued to 2,800 outer steps, with wall time in proportion.
+        # The default prior before its run was first extended: half of its 1,600 outer steps.
+        assert dataclasses.replace(config, meta_steps=default_1600.meta_steps) == default_1600
+        assert config.meta_steps * 2 == default_1600.meta_steps
+    elif path.stem == "default-1600":
+        # The default prior before its run was continued to 2,800 outer steps, with wall time in proportion.
         assert dataclasses.replace(config, meta_steps=default.meta_steps, max_wall_minutes=default.max_wall_minutes) == default
-        assert config.meta_steps == 2800
+        assert (config.meta_steps, default.meta_steps) == (1600, 2800)
         assert config.max_wall_minutes * default.meta_steps == default.max_wall_minutes * config.meta_steps
     elif path.stem == "default-genotype-full":
         # The committed prior's genotype, fixed, with alphas frozen. Sampling may still draw `none`,
@@ -213,7 +215,7 @@ def test_variant_configs_load(path: Path) -> None:
             alpha_warmup_steps=default.alpha_warmup_steps,
             inner=dataclasses.replace(config.inner, inner_lr_alpha=default.inner.inner_lr_alpha),
         )
-        assert unfixed == default
+        assert unfixed == default_1600
     elif path.stem == "reduce-every-cell":
         # The default config on a space of reduction cells that keep the channels. Only the layout
         # and the width change, and no genotype of the space is as large as the 4-layer network.
@@ -222,7 +224,7 @@ def test_variant_configs_load(path: Path) -> None:
         assert space.reduce_cells == tuple(range(space.cells))
         layout = {"channels": space.channels, "cells": space.cells, "reduce_cells": space.reduce_cells, "constant_channels": True}
         assert dataclasses.replace(default.search_space, **layout) == space
-        assert dataclasses.replace(config, search_space=default.search_space) == default
+        assert dataclasses.replace(config, search_space=default.search_space) == default_1600
         for way in (5, 20):
             conv4 = count_parameters(Conv4Network(config.input_spec, DEFAULT_CHANNELS, way))
             assert largest_parameters(CostModel.build(space, config.input_spec, way)) < conv4
