@@ -593,7 +593,7 @@ def report(args: argparse.Namespace, run_key: str, results: dict[tuple, dict], c
         "difference from the reference row on the tasks both ran, with its 95% interval. The reference "
         "is BASE, except for the variants meta-trained for 60 outer steps, whose reference is the base "
         "variant (the same meta-training budget). The BASE row's checkpoint meta-trained for "
-        f"{checkpoint.state.get('step')} outer steps.",
+        f"{checkpoint.state.get('step', 0):,} outer steps.",
         "",
     ]
     for setting in settings:
