@@ -494,13 +494,14 @@ METHODS["variant-darts-space-full"] = Method(
     "BASE on the DARTS cell space (4 nodes, 12 channels, the 8 DARTS primitives), the default prior until 2026-12-05",
     _base, True, variant="darts-space-full",
 )
-# BASE adapting the default prior at commit 034d54c, trained with the default config and 800
-# outer steps (configs/variants/default-800.json). The default prior's run continued this
-# checkpoint to 1,600 steps. The benchmarked checkpoint is checkpoints/default at that commit.
-METHODS["variant-default-800"] = Method(
-    "BASE on the default space meta-trained for 800 outer steps, the default prior at commit 034d54c",
-    _base, True, variant="default-800",
-)
+# Earlier default priors: outer steps, then the commit whose checkpoints/default is benchmarked.
+# configs/variants/default-STEPS.json trains each again, and the next default prior continued it.
+EARLIER_DEFAULTS = {800: "034d54c", 1600: "ab15996"}
+for steps, commit in EARLIER_DEFAULTS.items():
+    METHODS[f"variant-default-{steps}"] = Method(
+        f"BASE on the default space meta-trained for {steps:,} outer steps, the default prior at commit {commit}",
+        _base, True, variant=f"default-{steps}",
+    )
 # The default prior's genotype with its weights meta-learned from random ones by the same outer
 # loop (configs/variants/default-genotype-full.json). Architecture search usually trains the
 # architecture it finds a second time without weight sharing, and this row does the same.
@@ -508,13 +509,6 @@ METHODS["variant-default-genotype-full"] = Method(
     "the 1,600-step default prior's genotype, weights meta-learned again from random ones by the same outer loop "
     "for 1,600 outer steps",
     _fixed_architecture, True, variant="default-genotype-full",
-)
-# BASE adapting the default prior at commit ab15996, trained with the default config and 1,600
-# outer steps (configs/variants/default-1600.json). The default prior's run continued this
-# checkpoint to 2,800 steps. The benchmarked checkpoint is checkpoints/default at that commit.
-METHODS["variant-default-1600"] = Method(
-    "BASE on the default space meta-trained for 1,600 outer steps, the default prior at commit ab15996",
-    _base, True, variant="default-1600",
 )
 # The 4-layer network's run continued from 1,600 to 2,800 outer steps
 # (configs/variants/conv4-2800.json), to compare with BASE at the default prior's budget.

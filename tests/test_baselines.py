@@ -200,7 +200,7 @@ def test_variant_configs_load(path: Path) -> None:
         assert config.max_wall_minutes * default.meta_steps == default.max_wall_minutes * config.meta_steps
     elif path.stem == "default-genotype-full":
         # The committed prior's genotype, fixed, with alphas frozen. Sampling may still draw `none`,
-        # so the edges the genotype drops stay empty. Everything else is the default config.
+        # so the edges the genotype drops stay empty. Everything else is the 1,600-step default config.
         committed = load_checkpoint(path.parents[2] / "checkpoints" / "default")
         probs = {cell_type: op_probs(committed.prior.parameters[name], committed.space) for cell_type, name in ALPHA_NAMES.items()}
         assert Genotype.from_dict(config.fixed_genotype) == derive_genotype(committed.space, probs)
@@ -217,8 +217,8 @@ def test_variant_configs_load(path: Path) -> None:
         )
         assert unfixed == default_1600
     elif path.stem == "reduce-every-cell":
-        # The default config on a space of reduction cells that keep the channels. Only the layout
-        # and the width change, and no genotype of the space is as large as the 4-layer network.
+        # The 1,600-step default config on a space of reduction cells that keep the channels. Only
+        # the layout and the width change, and no genotype of the space is as large as the 4-layer network.
         space = config.search_space
         assert space.constant_channels
         assert space.reduce_cells == tuple(range(space.cells))
